@@ -1,0 +1,225 @@
+"""`portvakt`: the one entry point. Exit 0 ok, 1 a negative verdict or failed check, 2 bad usage
+or bad input; every error names the file, key or field at fault."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from gateway.errors import ConfigError, PortvaktError
+
+log = logging.getLogger("portvakt")
+TEMPLATES = ("example.toml", "demo.toml")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"t": record.created, "level": record.levelname,
+                           "logger": record.name, "msg": record.getMessage()})
+
+
+def setup_logging(verbose: int, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else
+                        logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    for noisy in ("pymodbus", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
+
+
+def template_dir() -> Path:
+    """The configuration templates: inside the wheel, or config/ in a source checkout."""
+    packaged = resources.files("gateway") / "_templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+# --- subcommands -----------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.daemon import run_daemon
+
+    setup_logging(max(args.verbose, 1), args.log_format)
+    config = load_config(args.config, args.state_dir)
+    return asyncio.run(run_daemon(config))
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    out: Path = args.dir
+    out.mkdir(parents=True, exist_ok=True)
+    src = template_dir()
+    for name in TEMPLATES:
+        target = out / name
+        if target.exists() and not args.force:
+            print(f"{target}: exists, kept (use --force to overwrite)")
+            continue
+        shutil.copy(src / name, target)
+        print(f"{target}: written")
+    return 0
+
+
+def cmd_pki_demo(args: argparse.Namespace) -> int:
+    from gateway.pki_demo import make_demo_pki
+
+    pki = make_demo_pki(args.dir)
+    print(f"root CA         {pki.root}\nissuing CA      {pki.issuing}\nCRL             {pki.crl}")
+    for name, path in pki.cards.items():
+        print(f"card {name:<10} {path}")
+    return 0
+
+
+def cmd_card_serve(args: argparse.Namespace) -> int:
+    from readers.virtual.vpcd import run
+
+    setup_logging(args.verbose)
+    return run(args.reader_port, args.card, host=args.host)
+
+
+def cmd_card_readers(args: argparse.Namespace) -> int:
+    from readers.pcsc import list_readers, split_name
+
+    for name in list_readers():
+        base, slot = split_name(name)
+        print(f"{name}\t(reader {base!r}, slot {slot})")
+    return 0
+
+
+def cmd_board_serve(args: argparse.Namespace) -> int:
+    from door_drivers.simulator import main as board_main
+
+    return board_main(args.rest)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.config import ProfileConfig, TrustConfig, load_config
+    from gateway.trust.material import load_certificates
+    from gateway.trust.store import load_trust_store
+    from gateway.trust.validator import Rejection
+
+    if args.trust_anchor:
+        cfg = TrustConfig(tuple(args.trust_anchor), tuple(args.intermediate), tuple(args.crl),
+                          (ProfileConfig("path-only", (), (), "upn", ()),), 300.0, 0.0, "deny")
+        store = load_trust_store(cfg, strict_crls=True)
+    else:
+        store = load_trust_store(load_config(args.config).trust, strict_crls=True)
+    at = time.time()
+    if args.at:
+        try:
+            when = dt.datetime.fromisoformat(args.at)
+        except ValueError as e:
+            raise PortvaktError(f"--at: expected an ISO-8601 time, got {args.at!r}") from e
+        at = (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+    worst = 0
+    results = []
+    for path in args.cert:
+        chain = load_certificates(path)
+        verdict = store.validate(chain, at)
+        if isinstance(verdict, Rejection):
+            worst = 1
+            results.append({"file": str(path), "valid": False, "reason": verdict.reason,
+                            "detail": verdict.detail, "position": verdict.position})
+        else:
+            results.append({"file": str(path), "valid": True, "identity": verdict.identity.key,
+                            "revocation": verdict.revocation, "profile": verdict.profile})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if r["valid"]:
+                print(f"{r['file']}: valid  identity={r['identity']} revocation={r['revocation']}")
+            else:
+                print(f"{r['file']}: INVALID  {r['reason']}: {r['detail']} "
+                      f"(certificate {r['position']} in the path)")
+    return worst
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="portvakt", description=__doc__)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the gateway daemon")
+    r.add_argument("--config", type=Path, required=True)
+    r.add_argument("--state-dir", type=Path, help="overrides [gateway] state_dir")
+    r.add_argument("--log-format", choices=("text", "json"), default="text")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("config", help="configuration templates")
+    cs = c.add_subparsers(dest="sub", required=True)
+    ci = cs.add_parser("init", help="write the configuration templates into DIR")
+    ci.add_argument("dir", type=Path)
+    ci.add_argument("--force", action="store_true")
+    ci.set_defaults(func=cmd_config_init)
+
+    k = sub.add_parser("pki", help="demo PKI")
+    ks = k.add_subparsers(dest="sub", required=True)
+    kd = ks.add_parser("demo", help="write a demo root CA, issuing CA, CRL and cards into DIR")
+    kd.add_argument("dir", type=Path)
+    kd.set_defaults(func=cmd_pki_demo)
+
+    cd = sub.add_parser("card", help="cards and readers")
+    cds = cd.add_subparsers(dest="sub", required=True)
+    cserve = cds.add_parser("serve", help="a virtual PIV card in a vpcd reader slot")
+    cserve.add_argument("--reader-port", type=int, required=True)
+    cserve.add_argument("--card", type=Path, required=True)
+    cserve.add_argument("--host", default="127.0.0.1")
+    cserve.set_defaults(func=cmd_card_serve)
+    creaders = cds.add_parser("readers", help="list PC/SC readers")
+    creaders.set_defaults(func=cmd_card_readers)
+
+    b = sub.add_parser("board", help="relay boards")
+    bs = b.add_subparsers(dest="sub", required=True)
+    bserve = bs.add_parser("serve", help="a simulated Modbus relay board (see --help)")
+    bserve.add_argument("rest", nargs=argparse.REMAINDER)
+    bserve.set_defaults(func=cmd_board_serve)
+
+    v = sub.add_parser("verify", help="validate certificates offline")
+    v.add_argument("--config", type=Path, default=Path("/etc/portvakt/portvakt.toml"))
+    v.add_argument("--trust-anchor", type=Path, action="append", default=[])
+    v.add_argument("--intermediate", type=Path, action="append", default=[])
+    v.add_argument("--crl", type=Path, action="append", default=[])
+    v.add_argument("--at", help="validation time, ISO-8601 (default now)")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("cert", type=Path, nargs="+")
+    v.set_defaults(func=cmd_verify)
+
+    d = sub.add_parser("demo", help="run the demo: rig, daemon, virtual cards")
+    d.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"portvakt: configuration error: {e}", file=sys.stderr)
+        return 2
+    except PortvaktError as e:
+        print(f"portvakt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

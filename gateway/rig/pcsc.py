@@ -1,0 +1,134 @@
+"""An isolated pcscd with one vpcd virtual reader per door, and virtual cards to insert.
+
+pcscd ignores PCSCLITE_CSOCK_NAME on the server side, so it runs in a private mount namespace
+where a folder of ours is bind-mounted over /run/pcscd: its socket appears in that folder and
+clients reach it by setting PCSCLITE_CSOCK_NAME. Each reader gets its own copy of the vpcd
+driver (a shared driver file made one card appear in every reader).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from gateway.rig.proc import RigProcess, free_port_pair, port_open, wait_until
+
+VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+
+
+class PcscRig:
+    def __init__(self, workdir: Path, readers: dict[str, int], pcscd: RigProcess) -> None:
+        self.workdir = workdir
+        self.readers = readers  # friendly name -> vpcd port of slot 0
+        self.pcscd = pcscd
+        self.socket = workdir / "run" / "pcscd.comm"
+        self.cards: dict[str, RigProcess] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for PC/SC clients (pyscard, opensc) of this pcscd."""
+        return {**os.environ, "PCSCLITE_CSOCK_NAME": str(self.socket)}
+
+    @classmethod
+    def start(cls, workdir: Path, readers: Iterable[str] = ("Door0",),
+              *, apdu_log: bool = False) -> PcscRig:
+        if not VPCD_DRIVER.exists():
+            raise RuntimeError(f"{VPCD_DRIVER} missing: install the Debian package vsmartcard-vpcd")
+        conf = workdir / "reader.conf.d"
+        drivers = workdir / "drivers"
+        run = workdir / "run"
+        for d in (conf, drivers, run):
+            d.mkdir(parents=True, exist_ok=True)
+        ports: dict[str, int] = {}
+        for i, name in enumerate(readers):
+            port = free_port_pair()
+            ports[name] = port
+            lib = drivers / f"libifdvpcd-{i}.so"
+            shutil.copy(VPCD_DRIVER, lib)
+            (conf / f"reader{i}").write_text(
+                f'FRIENDLYNAME "{name}"\nDEVICENAME /dev/null:{port}\n'
+                f"LIBPATH {lib}\nCHANNELID {port}\n")
+        flags = "-f -a" if apdu_log else "-f"
+        script = (f"mkdir -p /run/pcscd && mount --bind {run} /run/pcscd && "
+                  f"exec pcscd {flags} -c {conf}")
+        proc = RigProcess("pcscd", ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          workdir / "pcscd.log")
+        rig = cls(workdir, ports, proc)
+        try:
+            wait_until(rig.socket.exists, 10, "pcscd socket", proc)
+            for name, port in ports.items():
+                wait_until(lambda p=port: port_open(p), 10, f"vpcd reader {name}", proc)
+        except BaseException:
+            proc.stop()
+            raise
+        return rig
+
+    def wait_slot(self, reader: str, present: bool, *, slot: int = 0,
+                  timeout: float = 10.0) -> None:
+        """Wait until pcscd reports the slot with (or without) a card. Needs PCSCLITE_CSOCK_NAME
+        set to `self.socket` in this process (libpcsclite reads it once)."""
+        from smartcard import scard  # the rig's own PC/SC client; the daemon's is readers.pcsc
+
+        hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        if hr != scard.SCARD_S_SUCCESS:
+            raise RuntimeError(f"pcscd: {scard.SCardGetErrorMessage(hr)}")
+        try:
+            _, names = scard.SCardListReaders(ctx, [])
+            # pcscd adds an enumeration index between name and slot: "Door0 00 01".
+            matches = [n for n in names if n.startswith(f"{reader} ") and n.endswith(f" {slot:02X}")
+                       and len(n) == len(reader) + 6]
+            if len(matches) != 1:
+                raise RuntimeError(f"reader {reader} slot {slot}: found {matches}")
+            name = matches[0]
+            deadline = time.monotonic() + timeout
+            state = scard.SCARD_STATE_UNAWARE
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{name}: card {'in' if present else 'out'} not seen")
+                hr, states = scard.SCardGetStatusChange(ctx, int(left * 1000), [(name, state)])
+                if hr != scard.SCARD_S_SUCCESS:
+                    continue
+                state = states[0][1] & ~scard.SCARD_STATE_CHANGED
+                if bool(state & scard.SCARD_STATE_PRESENT) == present:
+                    return
+        finally:
+            scard.SCardReleaseContext(ctx)
+
+    def insert(self, reader: str, card_file: Path, *, slot: int = 0) -> RigProcess:
+        """Insert a virtual card (its own process) into `reader`; returns the card's process.
+        A card already in the slot is removed first, and the removal seen by pcscd."""
+        if f"{reader}/{slot}" in self.cards:
+            self.remove(reader, slot=slot, wait=True)
+        port = self.readers[reader] + slot
+        proc = RigProcess(
+            f"card@{reader}", [sys.executable, "-m", "gateway.cli", "card", "serve",
+                               "--reader-port", str(port), "--card", str(card_file)],
+            self.workdir / f"card-{reader}-{slot}.log")
+        self.cards[f"{reader}/{slot}"] = proc
+        return proc
+
+    def remove(self, reader: str, *, slot: int = 0, wait: bool = False) -> None:
+        """Take the card out; with `wait`, until pcscd has noticed (vpcd polls presence)."""
+        proc = self.cards.pop(f"{reader}/{slot}", None)
+        if proc is not None:
+            proc.stop()
+            if wait:
+                self.wait_slot(reader, False, slot=slot)
+
+    def stop(self) -> None:
+        for key in list(self.cards):
+            with contextlib.suppress(Exception):
+                self.cards.pop(key).stop()
+        self.pcscd.stop()
+
+    def __enter__(self) -> PcscRig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

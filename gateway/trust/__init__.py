@@ -1,0 +1,1 @@
+"""Offline trust: path validation to anchors, cached CRLs, PKI-CAK proof, identity extraction."""
