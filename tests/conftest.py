@@ -12,6 +12,7 @@ from gateway.pki_demo import DemoPki, make_demo_pki
 
 pytest_plugins = [
     "tests.fixtures_pcsc",
+    "tests.fixtures_board",
     "tests.fixtures_mqtt",
     "tests.fixtures_cups",
 ]
