@@ -198,12 +198,12 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     aids: list[bytes] = []
     for i, a in enumerate(rd.strings("aids", (PIV_AID_HEX,))):
         try:
-            b = bytes.fromhex(a)
+            aid = bytes.fromhex(a)
         except ValueError:
-            b = b""
-        if not 5 <= len(b) <= 16:
+            aid = b""
+        if not 5 <= len(aid) <= 16:
             raise rd.fail(f"aids[{i}]", "expected an application identifier of 5-16 hex bytes")
-        aids.append(b)
+        aids.append(aid)
 
     tr = top.table("trust", required=True)
     tr.reject_unknown({"anchors", "intermediates", "crls", "profiles", "clock_skew_seconds",
@@ -227,11 +227,12 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
         tr.choice("revocation_unknown", ("deny", "allow"), "deny"))
 
     boards = []
-    for b in top.tables("boards"):
-        b.reject_unknown({"name", "host", "port", "unit", "timeout_seconds"})
-        boards.append((b, BoardConfig(b.text("name"), b.text("host"), b.integer("port", 1, 65535, 502),
-                                      b.integer("unit", 0, 247, 1),
-                                      b.number("timeout_seconds", 0.05, 30, 0.5))))
+    for bt in top.tables("boards"):
+        bt.reject_unknown({"name", "host", "port", "unit", "timeout_seconds"})
+        boards.append((bt, BoardConfig(bt.text("name"), bt.text("host"),
+                                       bt.integer("port", 1, 65535, 502),
+                                       bt.integer("unit", 1, 247, 1),
+                                       bt.number("timeout_seconds", 0.05, 30, 0.5))))
     _unique([(t, c.name) for t, c in boards], "board")
     board_names = {c.name for _, c in boards}
 
@@ -267,7 +268,8 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
         for i, dn in enumerate(pd):
             if dn not in door_names:
                 raise p.fail(f"doors[{i}]", f"expected the name of a [[doors]] entry, got {dn!r}")
-        people.append((p, PersonConfig(p.text("id"), tuple(i.casefold() if i.startswith(("upn:", "email:")) else i for i in ids), pd)))
+        canonical = tuple(i.casefold() if i.startswith(("upn:", "email:")) else i for i in ids)
+        people.append((p, PersonConfig(p.text("id"), canonical, pd)))
     _unique([(t, c.id) for t, c in people], "id")
 
     return Config(Path(path), gw.text("id"), gw.text("site"), sd,

@@ -10,12 +10,13 @@ PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev opensc pcsc-tools mosquitto mosq
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
-if [[ ! -r /etc/os-release ]]; then
-    say "cannot tell the operating system (/etc/os-release missing); Portvakt's set-up supports Debian and Ubuntu."
+OS_RELEASE=${PORTVAKT_OS_RELEASE:-/etc/os-release}  # overridable for the bootstrap's own tests
+if [[ ! -r $OS_RELEASE ]]; then
+    say "cannot tell the operating system ($OS_RELEASE missing); Portvakt's set-up supports Debian and Ubuntu."
     exit 1
 fi
-# shellcheck disable=SC1091
-. /etc/os-release
+# shellcheck disable=SC1090
+. "$OS_RELEASE"
 case " ${ID:-} ${ID_LIKE:-} " in
     *" debian "*|*" ubuntu "*) ;;
     *) say "unsupported operating system '${PRETTY_NAME:-${ID:-unknown}}': Portvakt's set-up supports Debian and Ubuntu."

@@ -1,7 +1,6 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-import pytest
 
 from readers.tlv import TlvError, iter_tlv, parse_tlv, tlv, unwrap
 

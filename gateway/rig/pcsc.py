@@ -9,6 +9,7 @@ driver (a shared driver file made one card appear in every reader).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sys
@@ -62,7 +63,7 @@ class PcscRig:
         try:
             wait_until(rig.socket.exists, 10, "pcscd socket", proc)
             for name, port in ports.items():
-                wait_until(lambda p=port: port_open(p), 10, f"vpcd reader {name}", proc)
+                wait_until(functools.partial(port_open, port), 10, f"vpcd reader {name}", proc)
         except BaseException:
             proc.stop()
             raise

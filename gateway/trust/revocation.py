@@ -6,6 +6,7 @@ membership. A new CRL is built beside the old entry and swapped in by one assign
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -54,10 +55,8 @@ def build_entry(crl: x509.CertificateRevocationList, issuer: x509.Certificate,
         if ext.critical and ext.oid not in KNOWN_CRL_EXTENSIONS:
             raise TrustError(f"{source}: unknown critical CRL extension {ext.oid.dotted_string}")
     number = None
-    try:
+    with contextlib.suppress(x509.ExtensionNotFound):
         number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except x509.ExtensionNotFound:
-        pass
     serials = frozenset(r.serial_number for r in crl)
     nu = crl.next_update_utc
     return CrlEntry(issuer.subject.public_bytes(), serials, crl.last_update_utc.timestamp(),

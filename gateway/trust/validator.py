@@ -5,6 +5,7 @@ Pure over immutable inputs: `TrustStore.validate(chain, at)` returns `Validated`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -215,10 +216,8 @@ def _check_certificate(cert: x509.Certificate, pos: int, at: float, *, is_leaf: 
             return Rejection("critical-extension", f"unknown critical extension "
                                                    f"{ext.oid.dotted_string}", pos)
     ku = None
-    try:
+    with contextlib.suppress(x509.ExtensionNotFound):
         ku = exts.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        pass
     if is_leaf:
         if ku is not None and not ku.digital_signature:
             return Rejection("key-usage", "card key lacks digitalSignature", pos)

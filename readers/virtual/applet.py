@@ -131,9 +131,9 @@ class PivApplet:
             template = parse_tlv(unwrap(data, 0x7C))
         except TlvError:
             return sw(0x6A80)
-        challenge = template.get(0x81)
-        if challenge is None or 0x82 not in template:
+        if 0x81 not in template or 0x82 not in template:
             return sw(0x6A80)
+        challenge = template[0x81]
         if self.card.behaviour == "stall":
             raise Stall
         if self.card.behaviour == "wrong-signature":
@@ -145,9 +145,10 @@ class PivApplet:
                 return sw(0x6A80)
             sig = key.sign(challenge, ec.ECDSA(utils.Prehashed(h)))
         else:
-            sig = _raw_rsa(key, challenge)
-            if sig is None:
+            raw = _raw_rsa(key, challenge)
+            if raw is None:
                 return sw(0x6A80)
+            sig = raw
         return self._respond(tlv(0x7C, tlv(0x82, sig)), le)
 
 

@@ -1,0 +1,187 @@
+"""The composition root: `portvakt run`. Wires readers -> trust -> policy -> doors -> journal.
+
+Each reader and each relay board runs as its own task; a card presentation costs one thread hop
+(reader worker -> event loop). A grant starts the door's pulse as a task of its own, so neither
+the reader nor the journal ever waits for the relay, and the relay never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from door_drivers.modbus import BoardParams, ModbusRelayBoard
+from door_drivers.relay_door import RelayDoor
+from gateway.access import Policy, check_presentation, decide
+from gateway.config import Config, DoorConfig
+from gateway.domain import CardFailure, CardRead
+from gateway.errors import DoorDriverError, PortvaktError, ReaderError
+from gateway.journal import Journal
+from gateway.trust.store import load_trust_store
+from gateway.trust.validator import Rejection, TrustStore
+from readers.pcsc import PcscReader, ReaderStatus
+from readers.profile import PivCakProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DoorRuntime:
+    config: DoorConfig
+    driver: RelayDoor
+    pulse: asyncio.Task[None] | None = None
+    faulted: str | None = None
+
+
+@dataclass
+class Gateway:
+    config: Config
+    journal: Journal
+    trust: TrustStore
+    policy: Policy
+    boards: dict[str, ModbusRelayBoard]
+    doors: dict[str, DoorRuntime]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, config: Config) -> Gateway:
+        if config.pcsc_socket is not None:
+            os.environ["PCSCLITE_CSOCK_NAME"] = str(config.pcsc_socket)
+        trust = load_trust_store(config.trust)
+        journal = Journal(config.database, config.gateway_id)
+        boards = {b.name: ModbusRelayBoard(BoardParams.tcp(b.host, b.port, unit=b.unit,
+                                                           timeout=b.timeout))
+                  for b in config.boards}
+        doors = {d.name: DoorRuntime(d, RelayDoor(boards[d.board], d.relay,
+                                                  energise_to_unlock=d.energise_to_unlock))
+                 for d in config.doors}
+        return cls(config, journal, trust, Policy.from_people(config.people), boards, doors)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.journal.append("gateway.started", pid=os.getpid())
+        for name, board in self.boards.items():
+            try:
+                await board.connect()
+            except DoorDriverError as e:
+                log.error("relay board %s: %s", name, e)
+                self.journal.append("board.fault", reason="unreachable", board=name, detail=str(e))
+        for door in self.doors.values():
+            await self._force_safe(door)
+        profile = PivCakProfile(self.config.aids)
+        for door in self.doors.values():
+            reader = PcscReader(door.config.name, door.config.reader, door.config.slot, profile)
+            self.tasks.append(asyncio.create_task(self._reader_loop(door, reader),
+                                                  name=f"reader-{door.config.name}"))
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def _force_safe(self, door: DoorRuntime) -> None:
+        try:
+            await door.driver.force_safe()
+            door.faulted = None
+        except DoorDriverError as e:
+            door.faulted = str(e)
+            log.error("door %s: cannot force the relay safe: %s", door.config.name, e)
+            self.journal.append("door.fault", door=door.config.name, reason="relay-unreachable",
+                                detail=str(e))
+
+    async def _reader_loop(self, door: DoorRuntime, reader: PcscReader) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with reader:
+                    backoff = 0.5
+                    async for item in reader.presentations():
+                        await self.on_presentation(door, item)
+            except asyncio.CancelledError:
+                raise
+            except ReaderError as e:
+                log.error("reader for door %s: %s (retrying in %.1fs)", door.config.name, e,
+                          backoff)
+                self.journal.append("reader.fault", door=door.config.name, detail=str(e))
+            except Exception:  # a failing part is restarted, never takes the others down
+                log.exception("reader task for door %s failed; restarting", door.config.name)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30)
+
+    async def on_presentation(self, door: DoorRuntime,
+                              item: CardRead | CardFailure | ReaderStatus) -> None:
+        name = door.config.name
+        if isinstance(item, ReaderStatus):
+            self.journal.append("reader.online" if item.online else "reader.offline", door=name,
+                                reader=item.pcsc_name, detail=item.detail)
+            return
+        if isinstance(item, CardFailure):
+            self.journal.append("access.denied", door=name, reason=item.reason,
+                                detail=item.detail, transport=item.transport)
+            return
+        verdict = check_presentation(self.trust, item, time.time())
+        decision = decide(self.policy, verdict, name)
+        if decision.granted and door.faulted is None:
+            if door.pulse is None or door.pulse.done():
+                door.pulse = asyncio.create_task(self._pulse(door), name=f"pulse-{name}")
+        elif decision.granted:
+            decision = decision.__class__(False, "door-faulted", decision.person)
+        elapsed_ms = round((time.monotonic() - item.detected_at) * 1000, 2)
+        fields: dict[str, Any] = {"transport": item.transport, "decision_ms": elapsed_ms}
+        if isinstance(verdict, Rejection):
+            fields["detail"] = verdict.detail
+        else:
+            fields["revocation"] = verdict.revocation
+        self.journal.append("access.granted" if decision.granted else "access.denied",
+                            door=name, person=decision.person, reason=decision.reason, **fields)
+        log.info("door %s: %s (%s) in %.1f ms", name,
+                 "granted" if decision.granted else "denied", decision.reason, elapsed_ms)
+
+    async def _pulse(self, door: DoorRuntime) -> None:
+        name = door.config.name
+        try:
+            await door.driver.pulse(door.config.unlock_seconds)
+        except DoorDriverError as e:
+            door.faulted = str(e)
+            log.error("door %s: pulse failed: %s", name, e)
+            self.journal.append("door.fault", door=name, reason="relay-unreachable", detail=str(e))
+
+    async def shutdown(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for door in self.doors.values():
+            if door.pulse is not None and not door.pulse.done():
+                door.pulse.cancel()  # the pulse relocks in its own finally
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await door.pulse
+            await self._force_safe(door)
+        for board in self.boards.values():
+            with contextlib.suppress(Exception):
+                await board.close()
+        self.journal.append("gateway.stopped")
+        self.journal.flush()
+        self.journal.close()
+
+
+async def run_daemon(config: Config) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        gateway = Gateway.build(config)
+    except PortvaktError as e:
+        log.error("%s", e)
+        return 2
+    log.info("portvakt %s (site %s) running: %d doors", config.gateway_id, config.site,
+             len(config.doors))
+    await gateway.run(stop)
+    log.info("stopped; relays safe, journal flushed")
+    return 0

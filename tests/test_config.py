@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from tests.conftest import repo_root
+
+GOOD = (repo_root() / "config" / "demo.toml").read_text()
+
+
+def test_shipped_configs_are_valid():
+    for name in ("demo.toml", "example.toml"):
+        cfg = load_config(repo_root() / "config" / name)
+        assert cfg.doors and cfg.trust.profiles
+
+
+@pytest.mark.parametrize(("edit", "key", "expected"), [
+    (("port = 15020", "port = 70000"), "boards[0].port", "an integer 1..65535"),
+    (("relay = 0", 'relay = "zero"'), "doors[0].relay", "expected an integer"),
+    (('board = "board1"\nrelay = 0', 'board = "nope"\nrelay = 0'), "doors[0].board",
+     "the name of a [[boards]] entry"),
+    (('reader = "Door1"', 'reader = "Door0"'), "doors[1].reader", "already door 'front'"),
+    (('identities = ["upn:alice@demo.example"]', 'identities = ["pnr:19121212-1212"]'),
+     "people[0].identities[0]", "type:value"),
+    (("unlock_seconds = 2\n", "unlock_seconds = 2\ncolour = 1\n"), "doors[0].colour",
+     "unknown key"),
+    (('site = "demo"', ""), "gateway.site", "missing"),
+    (('[trust]', '[trust]\nrevocation_unknown = "maybe"'), "trust.revocation_unknown",
+     "one of deny, allow"),
+])
+def test_bad_config_names_file_key_and_expected_form(tmp_path: Path, edit, key, expected):
+    old, new = edit
+    assert old in GOOD
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert e.value.file == str(bad)
+    assert e.value.key == key
+    assert expected in e.value.expected
+
+
+def test_toml_syntax_error_is_a_config_error(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway\nid=1")
+    with pytest.raises(ConfigError, match="expected valid TOML"):
+        load_config(bad)
+
+
+def test_cli_reports_a_bad_config_with_exit_code_2_and_no_traceback(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("port = 15020", "port = -1"))
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert f"{bad}: boards[0].port: expected an integer 1..65535" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_missing_config_file_is_exit_2(tmp_path: Path):
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config",
+                        str(tmp_path / "none.toml")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_init_writes_the_templates_and_keeps_existing_files(tmp_path: Path):
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "init", str(tmp_path)],
+                       capture_output=True, text=True, timeout=30, check=True)
+    assert (tmp_path / "example.toml").read_text() == (repo_root() / "config" / "example.toml").read_text()
+    (tmp_path / "demo.toml").write_text("# mine")
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "init", str(tmp_path)],
+                       capture_output=True, text=True, timeout=30, check=True)
+    assert "exists, kept" in r.stdout and (tmp_path / "demo.toml").read_text() == "# mine"
