@@ -1,16 +1,15 @@
 """Access decisions: verified presentation -> person -> grant for a door. Pure functions.
 
-This is the walking skeleton's minimal policy (people, identity keys, doors); schedules, modes,
-temporary cards and signed policy bundles come with the doors issue.
+This is the minimal policy (people, identity keys, doors) plus each door's stance on incomplete
+revocation information and an untrusted clock; schedules, modes, temporary cards and signed
+policy bundles come with the doors issue.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography import x509
-
-from gateway.config import PersonConfig
+from gateway.config import PersonConfig, Stance
 from gateway.domain import CardRead, Decision
 from gateway.trust.validator import Rejection, TrustStore, Validated, verify_proof
 
@@ -26,26 +25,39 @@ class Policy:
 
 def check_presentation(store: TrustStore, read: CardRead, at: float) -> Validated | Rejection:
     """Validate the presented certificate offline, then the card's proof over our challenge."""
-    try:
-        certs = [x509.load_der_x509_certificate(d) for d in read.certificates]
-    except ValueError as e:
-        return Rejection("malformed", f"presented certificate does not parse: {e}")
-    verdict = store.validate(certs, at)
+    if not read.certificates:
+        return Rejection("malformed", "the credential presented no certificate")
+    verdict = store.validate_der(read.certificates, at)
     if isinstance(verdict, Rejection):
         return verdict
-    if not verify_proof(certs[0], read.challenge, read.signature, read.scheme):
+    leaf = store.leaf(read.certificates)
+    if leaf is None or not verify_proof(leaf, read.challenge, read.signature, read.scheme):
         return Rejection("proof-failed", "proof of possession failed: the card's signature "
                                          "over our challenge does not verify with the "
                                          "certificate's key")
     return verdict
 
 
-def decide(policy: Policy, verdict: Validated | Rejection, door: str) -> Decision:
+DEFAULT_STANCE = Stance()
+
+
+def decide(policy: Policy, verdict: Validated | Rejection, door: str,
+           stance: Stance = DEFAULT_STANCE) -> Decision:
+    """Grant or deny, with a reason code; alarms ride along as `alarm:<code>` actions."""
     if isinstance(verdict, Rejection):
         return Decision(False, verdict.reason)
+    alarms: list[str] = []
+    for flag, code, mode in (
+            (verdict.revocation == "unknown", "revocation-unknown", stance.revocation_unknown),
+            (verdict.revocation == "stale", "crl-stale", stance.crl_stale),
+            (verdict.clock_behind, "clock-behind", stance.clock_behind)):
+        if flag:
+            if mode == "deny":
+                return Decision(False, code)
+            alarms.append(f"alarm:{code}")
     person = policy.by_identity.get(verdict.identity.key)
     if person is None:
         return Decision(False, "unknown-person")
     if door not in person.doors:
         return Decision(False, "no-access", person.id)
-    return Decision(True, "granted", person.id, ("unlock",))
+    return Decision(True, "granted", person.id, ("unlock", *alarms))

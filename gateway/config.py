@@ -27,6 +27,19 @@ class ProfileConfig:
     issuers: tuple[Path, ...]
 
 
+STANCES = ("deny", "allow")
+
+
+@dataclass(frozen=True)
+class Stance:
+    """What a door does when revocation cannot be checked fully or the clock is untrusted:
+    deny, or allow with an alarm."""
+
+    revocation_unknown: str = "deny"
+    crl_stale: str = "deny"
+    clock_behind: str = "deny"
+
+
 @dataclass(frozen=True)
 class TrustConfig:
     anchors: tuple[Path, ...]
@@ -35,7 +48,9 @@ class TrustConfig:
     profiles: tuple[ProfileConfig, ...]
     clock_skew: float
     crl_grace: float
-    revocation_unknown: str  # "deny" | "allow"
+    revocation_unknown: str  # "deny" | "allow": no usable CRL for an issuer in the path
+    crl_stale: str  # "deny" | "allow": a CRL past nextUpdate + grace
+    clock_behind: str  # "deny" | "allow": the clock is behind the newest trusted time seen
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class DoorConfig:
     relay: int
     energise_to_unlock: bool
     unlock_seconds: float
+    stance: Stance
 
 
 @dataclass(frozen=True)
@@ -170,6 +186,16 @@ def _unique(items: list[tuple[_Table, str]], what: str) -> None:
         seen.add(name)
 
 
+def _identity_source(t: _Table) -> str:
+    v = t.text("identity", "upn")
+    if v in IDENTITY_SOURCES:
+        return v
+    if v.startswith("oid:") and all(x.isdigit() for x in v[4:].split(".")) and v.count(".") >= 2:
+        return v
+    raise t.fail("identity", f"expected one of {', '.join(IDENTITY_SOURCES)} or oid:<dotted "
+                             f"OID>, got {v!r}")
+
+
 def load_config(path: Path, state_dir: Path | None = None) -> Config:
     """Read and validate `path`; raise ConfigError naming file, key and expected form."""
     file = str(path)
@@ -207,13 +233,13 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
 
     tr = top.table("trust", required=True)
     tr.reject_unknown({"anchors", "intermediates", "crls", "profiles", "clock_skew_seconds",
-                       "crl_grace_seconds", "revocation_unknown"})
+                       "crl_grace_seconds", "revocation_unknown", "crl_stale", "clock_behind"})
     profiles = []
     for p in tr.tables("profiles"):
         p.reject_unknown({"name", "eku", "policies", "identity", "issuers"})
         profiles.append((p, ProfileConfig(
             p.text("name"), p.strings("eku", ()), p.strings("policies", ()),
-            p.choice("identity", IDENTITY_SOURCES, "upn"),
+            _identity_source(p),
             tuple(resolve(x) for x in p.strings("issuers", ())))))
     _unique([(t, c.name) for t, c in profiles], "profile")
     anchors = tr.strings("anchors")
@@ -224,7 +250,8 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
         tuple(resolve(x) for x in tr.strings("crls", ())), tuple(c for _, c in profiles),
         tr.number("clock_skew_seconds", 0, 86400, 300.0),
         tr.number("crl_grace_seconds", 0, 30 * 86400, 0.0),
-        tr.choice("revocation_unknown", ("deny", "allow"), "deny"))
+        tr.choice("revocation_unknown", STANCES, "deny"), tr.choice("crl_stale", STANCES, "deny"),
+        tr.choice("clock_behind", STANCES, "deny"))
 
     boards = []
     for bt in top.tables("boards"):
@@ -239,14 +266,19 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     doors = []
     for d in top.tables("doors"):
         d.reject_unknown({"name", "reader", "slot", "board", "relay", "energise_to_unlock",
-                          "unlock_seconds"})
+                          "unlock_seconds", "revocation_unknown", "crl_stale", "clock_behind"})
         board = d.text("board")
         if board not in board_names:
             raise d.fail("board", f"expected the name of a [[boards]] entry, got {board!r}")
         doors.append((d, DoorConfig(d.text("name"), d.text("reader"), d.integer("slot", 0, 15, 0),
                                     board, d.integer("relay", 0, 65535),
                                     d.boolean("energise_to_unlock", True),
-                                    d.number("unlock_seconds", 0.1, 600, 5.0))))
+                                    d.number("unlock_seconds", 0.1, 600, 5.0),
+                                    Stance(d.choice("revocation_unknown", STANCES,
+                                                    trust.revocation_unknown),
+                                           d.choice("crl_stale", STANCES, trust.crl_stale),
+                                           d.choice("clock_behind", STANCES,
+                                                    trust.clock_behind)))))
     _unique([(t, c.name) for t, c in doors], "door")
     seen_readers: dict[tuple[str, int], str] = {}
     for t, c in doors:

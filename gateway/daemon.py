@@ -53,7 +53,7 @@ class Gateway:
     def build(cls, config: Config) -> Gateway:
         if config.pcsc_socket is not None:
             os.environ["PCSCLITE_CSOCK_NAME"] = str(config.pcsc_socket)
-        trust = load_trust_store(config.trust)
+        trust = load_trust_store(config.trust, config.state_dir / "crl")
         journal = Journal(config.database, config.gateway_id)
         boards = {b.name: ModbusRelayBoard(BoardParams.tcp(b.host, b.port, unit=b.unit,
                                                            timeout=b.timeout))
@@ -124,7 +124,7 @@ class Gateway:
                                 detail=item.detail, transport=item.transport)
             return
         verdict = check_presentation(self.trust, item, time.time())
-        decision = decide(self.policy, verdict, name)
+        decision = decide(self.policy, verdict, name, door.config.stance)
         if decision.granted and door.faulted is None:
             if door.pulse is None or door.pulse.done():
                 door.pulse = asyncio.create_task(self._pulse(door), name=f"pulse-{name}")
@@ -136,6 +136,11 @@ class Gateway:
             fields["detail"] = verdict.detail
         else:
             fields["revocation"] = verdict.revocation
+            if verdict.crl_age is not None:
+                fields["crl_age_s"] = round(verdict.crl_age)
+        alarms = [a.removeprefix("alarm:") for a in decision.actions if a.startswith("alarm:")]
+        if alarms:
+            fields["alarms"] = alarms
         self.journal.append("access.granted" if decision.granted else "access.denied",
                             door=name, person=decision.person, reason=decision.reason, **fields)
         log.info("door %s: %s (%s) in %.1f ms", name,

@@ -39,10 +39,9 @@ def _name(cn: str) -> x509.Name:
 
 
 def _upn_der(upn: str) -> bytes:
-    # otherName value: [0] EXPLICIT UTF8String
+    # The otherName value is a UTF8String; cryptography adds the [0] EXPLICIT wrapper itself.
     raw = upn.encode()
-    inner = b"\x0c" + bytes([len(raw)]) + raw
-    return b"\xa0" + bytes([len(inner)]) + inner
+    return b"\x0c" + bytes([len(raw)]) + raw
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -35,7 +35,8 @@ def _utf8_from_der(value: bytes) -> str | None:
 
 
 def extract_identity(cert: x509.Certificate, source: str) -> str | None:
-    """The identity key of `cert` from `source` (upn, email, serial, cn), or None."""
+    """The identity key of `cert` from `source` (upn, email, serial, cn, or `oid:<dotted>` for a
+    subject attribute), or None. Keys are `type:value`; a named OID gives `oid:<dotted>:value`."""
     if source in ("upn", "email"):
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -51,6 +52,11 @@ def extract_identity(cert: x509.Certificate, source: str) -> str | None:
                     return f"upn:{upn.casefold()}"
         return None
     oid = {"serial": NameOID.SERIAL_NUMBER, "cn": NameOID.COMMON_NAME}.get(source)
+    if source.startswith("oid:"):
+        try:
+            oid = ObjectIdentifier(source[4:])
+        except ValueError:
+            return None
     if oid is None:
         return None
     attrs = cert.subject.get_attributes_for_oid(oid)

@@ -2,56 +2,68 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from pathlib import Path
-
-from cryptography import x509
 
 from gateway.config import TrustConfig
 from gateway.errors import InputError, TrustError
-from gateway.trust.material import load_certificates, load_crl
-from gateway.trust.revocation import RevocationIndex, build_entry
+from gateway.trust.crlscan import Progress
+from gateway.trust.material import load_certificates
+from gateway.trust.revocation import CrlIndex, RevocationStore
 from gateway.trust.validator import CredentialProfile, TrustStore
 
 log = logging.getLogger(__name__)
 
 
-def ingest_crl(index: RevocationIndex, issuers: list[x509.Certificate], path: Path) -> bool:
-    """Verify the CRL at `path` against its issuer and swap it in; TrustError/InputError if bad."""
-    crl = load_crl(path)
-    candidates = [c for c in issuers if c.subject == crl.issuer]
-    if not candidates:
-        raise TrustError(f"{path}: no trusted certificate for CRL issuer "
-                         f"{crl.issuer.rfc4514_string()}")
-    errors = []
-    for cert in candidates:
+def ingest_file(store: TrustStore, path: Path, *, now: float | None = None,
+                progress: Progress | None = None) -> CrlIndex:
+    """Verify and install the CRL at `path` (PEM or DER). Raises TrustError / InputError."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from e
+    if b"-----BEGIN X509 CRL-----" in data[:4096]:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
         try:
-            return index.install(build_entry(crl, cert, str(path)))
-        except TrustError as e:
-            errors.append(str(e))
-    raise TrustError("; ".join(errors))
+            data = x509.load_pem_x509_crl(data).public_bytes(Encoding.DER)
+        except ValueError as e:
+            raise TrustError(f"{path}: not a CRL in PEM: {e}") from e
+    digest = hashlib.sha256(data).hexdigest()
+    for idx in store.revocation.all():
+        if idx.sha256 == digest:
+            return idx  # already in use: no re-parse at start
+    return store.revocation.ingest(data, store.signers(), now=time.time() if now is None else now,
+                                   clock_skew=store.clock_skew, source=str(path),
+                                   progress=progress)
 
 
-def load_trust_store(cfg: TrustConfig, *, strict_crls: bool = False) -> TrustStore:
-    """Load everything `cfg` names. A CRL that fails verification is skipped with an error log
-    (its issuer then has unknown revocation status) unless `strict_crls`; unreadable anchors
-    and intermediates raise InputError naming the file."""
+def load_trust_store(cfg: TrustConfig, crl_dir: Path | None = None, *,
+                     strict_crls: bool = False) -> TrustStore:
+    """Load everything `cfg` names. The revocation index persists in `crl_dir` (None: memory).
+
+    A configured CRL that fails verification is skipped with an error log (its issuer keeps
+    the CRL already installed, or has unknown revocation status) unless `strict_crls`.
+    Unreadable anchors and intermediates raise InputError naming the file."""
     anchors = [c for p in cfg.anchors for c in load_certificates(p)]
     intermediates = [c for p in cfg.intermediates for c in load_certificates(p)]
-    index = RevocationIndex()
-    for path in cfg.crls:
-        try:
-            ingest_crl(index, anchors + intermediates, path)
-        except (TrustError, InputError) as e:
-            if strict_crls:
-                raise
-            log.error("CRL not used: %s", e)
     profiles = []
     for p in cfg.profiles:
         issuers = frozenset(c.subject.public_bytes() for f in p.issuers
                             for c in load_certificates(f))
         profiles.append(CredentialProfile(p.name, issuers, frozenset(p.eku),
                                           frozenset(p.policies), p.identity))
-    return TrustStore(tuple(anchors), tuple(intermediates), index, tuple(profiles),
-                      cfg.clock_skew, cfg.crl_grace,
-                      allow_unknown_revocation=cfg.revocation_unknown == "allow")
+    store = TrustStore.create(anchors=anchors, intermediates=intermediates,
+                              revocation=RevocationStore(crl_dir), profiles=profiles,
+                              clock_skew=cfg.clock_skew, crl_grace=cfg.crl_grace)
+    for path in cfg.crls:
+        try:
+            ingest_file(store, path)
+        except (TrustError, InputError) as e:
+            if strict_crls:
+                raise
+            log.error("CRL not used: %s", e)
+    return store
