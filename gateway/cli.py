@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import logging
 import shutil
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -102,49 +100,6 @@ def cmd_board_serve(args: argparse.Namespace) -> int:
     return board_main(args.rest)
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.config import ProfileConfig, TrustConfig, load_config
-    from gateway.trust.material import load_certificates
-    from gateway.trust.store import load_trust_store
-    from gateway.trust.validator import Rejection
-
-    if args.trust_anchor:
-        cfg = TrustConfig(tuple(args.trust_anchor), tuple(args.intermediate), tuple(args.crl),
-                          (ProfileConfig("path-only", (), (), "upn", ()),), 300.0, 0.0, "deny")
-        store = load_trust_store(cfg, strict_crls=True)
-    else:
-        store = load_trust_store(load_config(args.config).trust, strict_crls=True)
-    at = time.time()
-    if args.at:
-        try:
-            when = dt.datetime.fromisoformat(args.at)
-        except ValueError as e:
-            raise PortvaktError(f"--at: expected an ISO-8601 time, got {args.at!r}") from e
-        at = (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
-    worst = 0
-    results = []
-    for path in args.cert:
-        chain = load_certificates(path)
-        verdict = store.validate(chain, at)
-        if isinstance(verdict, Rejection):
-            worst = 1
-            results.append({"file": str(path), "valid": False, "reason": verdict.reason,
-                            "detail": verdict.detail, "position": verdict.position})
-        else:
-            results.append({"file": str(path), "valid": True, "identity": verdict.identity.key,
-                            "revocation": verdict.revocation, "profile": verdict.profile})
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            if r["valid"]:
-                print(f"{r['file']}: valid  identity={r['identity']} revocation={r['revocation']}")
-            else:
-                print(f"{r['file']}: INVALID  {r['reason']}: {r['detail']} "
-                      f"(certificate {r['position']} in the path)")
-    return worst
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -191,15 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     bserve.add_argument("rest", nargs=argparse.REMAINDER)
     bserve.set_defaults(func=cmd_board_serve)
 
-    v = sub.add_parser("verify", help="validate certificates offline")
-    v.add_argument("--config", type=Path, default=Path("/etc/portvakt/portvakt.toml"))
-    v.add_argument("--trust-anchor", type=Path, action="append", default=[])
-    v.add_argument("--intermediate", type=Path, action="append", default=[])
-    v.add_argument("--crl", type=Path, action="append", default=[])
-    v.add_argument("--at", help="validation time, ISO-8601 (default now)")
-    v.add_argument("--json", action="store_true")
-    v.add_argument("cert", type=Path, nargs="+")
-    v.set_defaults(func=cmd_verify)
+    from gateway.cli_trust import register as register_trust
+
+    register_trust(sub)
 
     d = sub.add_parser("demo", help="run the demo: rig, daemon, virtual cards")
     d.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")

@@ -1,0 +1,225 @@
+"""`portvakt verify`, `portvakt crl import`, `portvakt crl list`: the technician's answers to
+"why was this card refused?" and "how old are our CRLs?"."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config, TrustConfig, load_config
+from gateway.errors import InputError, TrustError
+from gateway.trust.material import load_certificates
+from gateway.trust.revocation import CrlIndex
+from gateway.trust.store import ingest_file, load_trust_store
+from gateway.trust.validator import Rejection, TrustStore
+
+DEFAULT_CONFIG = Path("/etc/portvakt/portvakt.toml")
+
+
+def add_trust_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help=f"gateway configuration (default {DEFAULT_CONFIG})")
+    p.add_argument("--state-dir", type=Path, help="overrides [gateway] state_dir")
+    p.add_argument("--trust-anchor", type=Path, action="append", default=[],
+                   help="trust anchor (PEM/DER); with it, the configured store is not used")
+    p.add_argument("--intermediate", type=Path, action="append", default=[])
+    p.add_argument("--crl", type=Path, action="append", default=[])
+    p.add_argument("--profile", help="apply this configured credential profile")
+
+
+def parse_at(text: str | None) -> float:
+    if not text:
+        return time.time()
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as e:
+        raise InputError(f"--at: expected an ISO-8601 time, got {text!r}") from e
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _config(args: argparse.Namespace, required: bool) -> Config | None:
+    path = args.config or DEFAULT_CONFIG
+    if args.config is None and not path.exists() and not required:
+        return None
+    return load_config(path, args.state_dir)
+
+
+def build_store(args: argparse.Namespace) -> tuple[TrustStore, Config | None, bool]:
+    """(store, configuration if any, whether the store is the explicit command-line one)."""
+    explicit = bool(args.trust_anchor)
+    cfg = _config(args, required=not explicit)
+    if explicit:
+        profiles = cfg.trust.profiles if cfg else ()
+        tc = TrustConfig(tuple(args.trust_anchor), tuple(args.intermediate), tuple(args.crl),
+                         profiles, 300.0, 0.0, "deny", "deny", "deny")
+        return load_trust_store(tc, None, strict_crls=True), cfg, True
+    assert cfg is not None
+    store = load_trust_store(cfg.trust, cfg.state_dir / "crl")
+    for extra in args.crl:
+        ingest_file(store, extra)
+    return store, cfg, False
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    store, _, explicit = build_store(args)
+    at = parse_at(args.at)
+    results: list[dict[str, Any]] = []
+    for path in args.cert:
+        chain = load_certificates(path)
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        ders = [c.public_bytes(Encoding.DER) for c in chain]
+        r: dict[str, Any] = {"file": str(path), "subject": chain[0].subject.rfc4514_string()}
+        if explicit and args.profile is None:
+            checked = store.check_path(ders, at)
+            if isinstance(checked, Rejection):
+                r.update(valid=False, reason=checked.reason, detail=checked.detail,
+                         position=checked.position)
+            else:
+                path_ok, status, age = checked
+                r.update(valid=True, revocation=status, crl_age_s=age)
+                prof = store.match_profile(path_ok.path, None)
+                if isinstance(prof, Rejection):
+                    r["profile"] = {"accepted": False, "detail": prof.detail}
+                else:
+                    v = store.validate_der(ders, at, prof.name)
+                    r["profile"] = {"accepted": True, "name": prof.name,
+                                    "identity": getattr(getattr(v, "identity", None), "key", None)}
+        else:
+            v = store.validate_der(ders, at, args.profile)
+            if isinstance(v, Rejection):
+                r.update(valid=False, reason=v.reason, detail=v.detail, position=v.position)
+            else:
+                r.update(valid=True, identity=v.identity.key, profile=v.profile,
+                         revocation=v.revocation, crl_age_s=v.crl_age,
+                         clock_behind=v.clock_behind)
+        results.append(r)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(_verify_line(r))
+    return 0 if all(r["valid"] for r in results) else 1
+
+
+def _verify_line(r: dict[str, Any]) -> str:
+    if not r["valid"]:
+        where = "the presented certificate" if r["position"] == 0 else \
+            f"certificate {r['position']} up the path"
+        return f"{r['file']}: INVALID  {r['reason']}: {r['detail']} ({where})"
+    rev = r["revocation"] + (f", {r['crl_age_s'] / 3600:.1f} h past nextUpdate"
+                             if r.get("crl_age_s") else "")
+    if isinstance(r.get("profile"), dict):
+        p = r["profile"]
+        prof = (f"profile {p['name']} would accept it (identity {p['identity']})" if p["accepted"]
+                else f"no configured profile would accept it: {p['detail']}")
+        return f"{r['file']}: path valid  revocation={rev}; {prof}"
+    return (f"{r['file']}: valid  identity={r['identity']} profile={r['profile']} "
+            f"revocation={rev}" + ("  CLOCK BEHIND trusted time" if r.get("clock_behind") else ""))
+
+
+def _progress(label: str) -> Any:
+    if not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done / 1e6:6.1f}/{total / 1e6:.1f} MB {time.monotonic() - started:5.1f}s")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_crl_import(args: argparse.Namespace) -> int:
+    cfg = _config(args, required=True)
+    assert cfg is not None
+    store = load_trust_store(cfg.trust, cfg.state_dir / "crl")
+    worst = 0
+    for path in args.file:
+        t0 = time.monotonic()
+        try:
+            idx = ingest_file(store, path, progress=_progress(str(path)))
+        except TrustError as e:
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+            print(f"{path}: REFUSED: {e}")
+            worst = max(worst, 1)
+            continue
+        except InputError as e:
+            print(f"{path}: unreadable: {e}", file=sys.stderr)
+            worst = 2
+            continue
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(f"{path}: in use: {idx.issuer_text}, number {idx.number}, {idx.count:,} entries, "
+              f"thisUpdate {_iso(idx.this_update)}, nextUpdate {_iso(idx.next_update)} "
+              f"({time.monotonic() - t0:.2f} s)")
+    return worst
+
+
+def _iso(t: float | None) -> str:
+    return "-" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+
+def crl_status(idx: CrlIndex, now: float, grace: float) -> dict[str, Any]:
+    """A CRL's age and freshness, as the CLI and the dashboard show it."""
+    state = "fresh"
+    if idx.next_update is not None and now > idx.next_update:
+        state = "in-grace" if now <= idx.next_update + grace else "stale"
+    return {"issuer": idx.issuer_text, "number": idx.number, "entries": idx.count,
+            "this_update": _iso(idx.this_update), "next_update": _iso(idx.next_update),
+            "age_s": round(now - idx.this_update),
+            "until_next_update_s": (round(idx.next_update - now)
+                                    if idx.next_update is not None else None),
+            "state": state, "source": idx.source}
+
+
+def cmd_crl_list(args: argparse.Namespace) -> int:
+    cfg = _config(args, required=True)
+    assert cfg is not None
+    store = load_trust_store(cfg.trust, cfg.state_dir / "crl")
+    now = time.time()
+    rows = [crl_status(i, now, cfg.trust.crl_grace) for i in store.revocation.all()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no CRLs installed")
+        return 0
+    for r in rows:
+        nxt = r["until_next_update_s"]
+        due = "no nextUpdate" if nxt is None else (
+            f"next due in {nxt / 3600:.1f} h" if nxt >= 0 else f"OVERDUE by {-nxt / 3600:.1f} h")
+        print(f"{r['state']:<8} {r['issuer']}  #{r['number']}  {r['entries']:,} entries  "
+              f"age {r['age_s'] / 3600:.1f} h  {due}")
+    return 1 if any(r["state"] == "stale" for r in rows) else 0
+
+
+def register(sub: Any) -> None:
+    v = sub.add_parser("verify", help="validate certificates offline (why was a card refused?)")
+    add_trust_options(v)
+    v.add_argument("--at", help="validation time, ISO-8601 (default now)")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("cert", type=Path, nargs="+")
+    v.set_defaults(func=cmd_verify)
+
+    c = sub.add_parser("crl", help="certificate revocation lists")
+    cs = c.add_subparsers(dest="sub", required=True)
+    ci = cs.add_parser("import", help="verify CRL files and install them in the gateway's store")
+    ci.add_argument("--config", type=Path)
+    ci.add_argument("--state-dir", type=Path)
+    ci.add_argument("file", type=Path, nargs="+")
+    ci.set_defaults(func=cmd_crl_import)
+    cl = cs.add_parser("list", help="installed CRLs with their age and freshness")
+    cl.add_argument("--config", type=Path)
+    cl.add_argument("--state-dir", type=Path)
+    cl.add_argument("--json", action="store_true")
+    cl.set_defaults(func=cmd_crl_list)
+
