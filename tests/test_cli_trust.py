@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
 from gateway.pki_demo import DemoPki
@@ -90,6 +91,7 @@ def test_crl_import_then_list(demo_pki, tmp_path):
     shutil.copytree(demo_pki.root.parent, state / "pki")
     cfg = repo_root() / "config" / "demo.toml"
     key = load_pem_private_key((state / "pki" / "issuing.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     ca = x509.load_pem_x509_certificate((state / "pki" / "issuing.pem").read_bytes())
     big = tmp_path / "big.crl"
     crlgen.write_crl(big, ca, key, 20_000, crl_number=2)
