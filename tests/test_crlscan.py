@@ -52,8 +52,7 @@ def library_answer(der: bytes) -> tuple[list[int], bool]:
 
 def our_answer(der: bytes) -> tuple[list[int], bool]:
     scan = scan_crl(der)
-    ours = [int.from_bytes(m, "big") for m in scan.magnitudes] + list(scan.negatives)
-    return sorted(ours), scan.entry_problem is not None
+    return sorted(scan.serials()), scan.entry_problem is not None
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -135,3 +134,29 @@ def test_indirect_crl_entry_is_flagged():
     der = crlgen.encode_crl(
         CA, KEY, [crlgen.encode_entry(5, THIS, [issuer_ext])], this_update=THIS, next_update=None)
     assert "indirect" in (scan_crl(der).entry_problem or "")
+
+
+def test_fast_and_careful_paths_read_the_same_serials():
+    """The regex fast path (common shapes) and the careful walk give the same keys."""
+    from gateway.trust import crlscan
+
+    der, _ = crlgen.crl_bytes(CA, KEY, 3000, seed=5, serial_bytes=9)
+    fast = scan_crl(der)
+    original = crlscan._fast_keys
+    crlscan._fast_keys = lambda *a: None
+    try:
+        careful = scan_crl(der)
+    finally:
+        crlscan._fast_keys = original
+    assert fast.width == careful.width and fast.keys == careful.keys
+
+
+def test_an_odd_entry_in_the_middle_is_not_skipped():
+    """findall skips what it cannot match; an entry of an unusual shape (here an
+    invalidityDate) among common ones must still be read, by the careful walk."""
+    odd = crlgen.encode_entry(424242, THIS, [crlgen.encode_extension(
+        "2.5.29.24", crlgen.tlv(0x18, b"20250101000000Z"))])
+    common = [crlgen.encode_entry(s, THIS) for s in range(1, 2000)]
+    der = crlgen.encode_crl(CA, KEY, [*common[:1000], odd, *common[1000:]], this_update=THIS,
+                            next_update=None)
+    assert 424242 in scan_crl(der).serials() and len(scan_crl(der).serials()) == 2000

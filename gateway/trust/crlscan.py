@@ -17,9 +17,11 @@ one width (sortable, fixed-size), the rare negative ones (non-conformant, but se
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from cryptography import x509
 
 from gateway.errors import TrustError
@@ -72,13 +74,23 @@ def _encode_length(n: int) -> bytes:
 
 @dataclass(frozen=True)
 class CrlScan:
-    tbs: bytes  # the original to-be-signed bytes (the signature covers exactly these)
+    tbs: memoryview  # the original to-be-signed bytes (the signature covers exactly these)
     skeleton: x509.CertificateRevocationList  # the CRL without its revoked list
     signature: bytes
-    magnitudes: list[bytes]  # non-negative serials, leading zero bytes stripped
+    keys: bytes  # non-negative serials, big-endian, each padded to `width` bytes, CRL order
+    width: int
     negatives: frozenset[int]
-    width: int  # longest magnitude in bytes (at least 1)
     entry_problem: str | None  # why the entries make this CRL unusable, if they do
+
+    @property
+    def count(self) -> int:
+        return len(self.keys) // self.width + len(self.negatives)
+
+    def serials(self) -> list[int]:
+        """Every serial as an integer (for tests and tools; the index never needs this)."""
+        w = self.width
+        return [int.from_bytes(self.keys[i : i + w], "big")
+                for i in range(0, len(self.keys), w)] + sorted(self.negatives)
 
 
 def _entry_extensions_problem(d: bytes, start: int, end: int) -> str | None:
@@ -106,6 +118,131 @@ def _entry_extensions_problem(d: bytes, start: int, end: int) -> str | None:
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 
+FAST_WIDTH = 21  # serial contents of up to 21 bytes (RFC 5280: 20 octets, plus a sign byte)
+CHUNK = 1 << 22
+
+
+def _entry_pattern() -> re.Pattern[bytes]:
+    """The common entry shapes, each with its exact DER length byte: a minimal non-negative
+    serial of 1..21 bytes, a UTCTime or GeneralizedTime with its digits, no extensions or only
+    a reasonCode. A run of these that tiles the revoked list is a complete parse of it."""
+    times = [(rb"\x17\x0d[0-9]{12}Z", 15), (rb"\x18\x0f[0-9]{14}Z", 17)]
+    exts = [(b"", 0), (re.escape(REASON_CODE_EXTENSIONS) + rb"[\x00-\x06\x08-\x0a]", 14)]
+    alternatives = []
+    for sl in range(1, FAST_WIDTH + 1):
+        serial = (rb"[\x00-\x7f]" if sl == 1 else
+                  rb"(?:[\x01-\x7f].{%d}|\x00[\x80-\xff].{%d})" % (sl - 1, sl - 2))
+        for time_re, tl in times:
+            for ext_re, el in exts:
+                head = re.escape(bytes([0x30, 2 + sl + tl + el, 0x02, sl]))
+                alternatives.append(head + serial + time_re + ext_re)
+    return re.compile(b"|".join(alternatives), re.DOTALL)
+
+
+_ENTRY = _entry_pattern()
+
+
+def _fast_keys(d: bytes, rs: int, re_: int, progress: Progress | None) -> bytes | None:
+    """Serials padded to FAST_WIDTH, if the common shapes tile [rs, re_); else None.
+
+    Works a chunk at a time so no per-entry object outlives its chunk."""
+    parts: list[bytes] = []
+    pos = rs
+    w = FAST_WIDTH
+    while pos < re_:
+        end = min(pos + CHUNK, re_)
+        entries = _ENTRY.findall(d, pos, end)
+        joined = b"".join(entries)
+        used = len(joined)
+        # findall skips what it cannot match: the matches must BE the bytes from `pos` on,
+        # up to within one entry of the chunk's end (all of it at the list's end). Then that
+        # stretch is a concatenation of valid entries, which is its one DER parse.
+        if (not entries or joined != d[pos : pos + used]
+                or (end < re_ and used < end - pos - 64) or (end == re_ and used != end - pos)):
+            return None
+        del joined
+        parts.append(b"".join([e[4 : 4 + e[3]].rjust(w, b"\x00") for e in entries]))
+        pos += used
+        if progress is not None:
+            progress(pos, len(d))
+    return b"".join(parts)
+
+
+def _walk(d: bytes, rs: int, re_: int, n: int, progress: Progress | None
+          ) -> tuple[list[bytes], set[int], str | None]:
+    """The careful walk over every entry shape DER allows; returns (non-negative serials,
+    negative serials, why the entries make the CRL unusable or None)."""
+    magnitudes: list[bytes] = []
+    negatives: set[int] = set()
+    problem: str | None = None
+    append = magnitudes.append
+    startswith = d.startswith
+    j = rs
+    step = 1 << 22
+    report = rs + step if progress is not None else re_ + 1
+    # The hot loop: one revoked entry per turn, no function calls on the common path.
+    while j < re_:
+        if d[j] != 0x30:
+            raise CrlFormatError(f"malformed CRL: revoked entry at byte {j} is not a SEQUENCE")
+        ln = d[j + 1]
+        if ln < 0x80:
+            k = j + 2
+        elif ln == 0x81:
+            ln = d[j + 2]
+            k = j + 3
+        else:
+            _, k, x = _header(d, j, re_, "revoked entry")
+            ln = x - k
+        stop = k + ln
+        sl = d[k + 1]
+        s = k + 2 + sl
+        if stop > re_ or d[k] != 0x02 or sl == 0 or sl >= 0x80 or s + 2 > stop:
+            raise CrlFormatError(f"malformed CRL: revoked entry at byte {j} has no valid "
+                                 "serial INTEGER")
+        first = d[k + 2]
+        if first == 0:
+            # DER integers are minimal: a leading zero only in front of a set top bit.
+            if sl > 1 and d[k + 3] < 0x80:
+                raise CrlFormatError(f"malformed CRL: non-minimal serial INTEGER at byte {k}")
+            append(d[k + 3 : s])
+        elif first < 0x80:
+            append(d[k + 2 : s])
+        else:
+            if sl > 1 and first == 0xFF and d[k + 3] & 0x80:
+                raise CrlFormatError(f"malformed CRL: non-minimal serial INTEGER at byte {k}")
+            negatives.add(int.from_bytes(d[k + 2 : s], "big", signed=True))
+        tl = d[s + 1]
+        t = s + 2 + tl
+        # The time's shape (UTCTime 13 bytes, GeneralizedTime 15, ending in Z), not its
+        # digits: the date is informational and never changes whether a serial is revoked.
+        if TIME_LENGTHS.get(d[s]) != tl or d[t - 1] != 0x5A:
+            raise CrlFormatError(f"malformed CRL: revoked entry at byte {j} has no valid "
+                                 "revocationDate")
+        if t != stop:
+            # Entry extensions. The usual one, a plain reasonCode, is recognised whole.
+            if t > stop:
+                raise CrlFormatError(f"malformed CRL: revocationDate overruns entry at {j}")
+            if not (stop - t == 14 and startswith(REASON_CODE_EXTENSIONS, t)) and problem is None:
+                problem = _entry_extensions_problem(d, t, stop)
+        j = stop
+        if j > report:
+            report += step
+            progress(j, n)  # type: ignore[misc]
+    return magnitudes, negatives, problem
+
+
+def _trim(padded: bytes, w: int) -> tuple[bytes, int]:
+    """Drop the leading columns that are zero in every key: (keys, their width)."""
+    if not padded:
+        return b"", 1
+    arr = np.frombuffer(padded, dtype=np.uint8).reshape(-1, w)
+    used = np.flatnonzero(arr.any(axis=0))
+    first = int(used[0]) if used.size else w - 1
+    if first == 0:
+        return padded, w
+    return np.ascontiguousarray(arr[:, first:]).tobytes(), w - first
+
+
 def scan_crl(data: bytes, progress: Progress | None = None) -> CrlScan:
     """Walk a DER CRL. Raises CrlFormatError (a TrustError) with a reason on malformed input.
 
@@ -120,7 +257,7 @@ def scan_crl(data: bytes, progress: Progress | None = None) -> CrlScan:
     tag, ts, te = _header(d, os_, oe, "tbsCertList")
     if tag != 0x30:
         raise CrlFormatError("malformed CRL: tbsCertList is not a SEQUENCE")
-    tbs = d[os_:te]
+    tbs = memoryview(d)[os_:te]
     tag, _, ae = _header(d, te, oe, "signatureAlgorithm")
     sigalg = d[te:ae]
     tag, ss, se = _header(d, ae, oe, "signatureValue")
@@ -145,66 +282,21 @@ def scan_crl(data: bytes, progress: Progress | None = None) -> CrlScan:
     if i < te and d[i] in (0x17, 0x18):
         i = _header(d, i, te, "nextUpdate")[2]
     rev_start = rev_end = i
-    magnitudes: list[bytes] = []
+    keys = b""
+    width = 1
     negatives: set[int] = set()
     problem: str | None = None
     if i < te and d[i] == 0x30:
         _, rs, re_ = _header(d, i, te, "revokedCertificates")
         rev_end = re_
-        append = magnitudes.append
-        startswith = d.startswith
-        j = rs
-        step = 1 << 22
-        report = rs + step if progress is not None else re_ + 1
-        # The hot loop: one revoked entry per turn, no function calls on the common path.
-        while j < re_:
-            if d[j] != 0x30:
-                raise CrlFormatError(f"malformed CRL: revoked entry at byte {j} is not a SEQUENCE")
-            ln = d[j + 1]
-            if ln < 0x80:
-                k = j + 2
-            elif ln == 0x81:
-                ln = d[j + 2]
-                k = j + 3
-            else:
-                _, k, x = _header(d, j, re_, "revoked entry")
-                ln = x - k
-            stop = k + ln
-            sl = d[k + 1]
-            s = k + 2 + sl
-            if stop > re_ or d[k] != 0x02 or sl == 0 or sl >= 0x80 or s + 2 > stop:
-                raise CrlFormatError(f"malformed CRL: revoked entry at byte {j} has no valid "
-                                     "serial INTEGER")
-            first = d[k + 2]
-            if first == 0:
-                # DER integers are minimal: a leading zero only in front of a set top bit.
-                if sl > 1 and d[k + 3] < 0x80:
-                    raise CrlFormatError(f"malformed CRL: non-minimal serial INTEGER at byte {k}")
-                append(d[k + 3 : s])
-            elif first < 0x80:
-                append(d[k + 2 : s])
-            else:
-                if sl > 1 and first == 0xFF and d[k + 3] & 0x80:
-                    raise CrlFormatError(f"malformed CRL: non-minimal serial INTEGER at byte {k}")
-                negatives.add(int.from_bytes(d[k + 2 : s], "big", signed=True))
-            tl = d[s + 1]
-            t = s + 2 + tl
-            # The time's shape (UTCTime 13 bytes, GeneralizedTime 15, ending in Z), not its
-            # digits: the date is informational and never changes whether a serial is revoked.
-            if TIME_LENGTHS.get(d[s]) != tl or d[t - 1] != 0x5A:
-                raise CrlFormatError(f"malformed CRL: revoked entry at byte {j} has no valid "
-                                     "revocationDate")
-            if t != stop:
-                # Entry extensions. The usual one, a plain reasonCode, is recognised whole.
-                if t > stop:
-                    raise CrlFormatError(f"malformed CRL: revocationDate overruns entry at {j}")
-                if not (stop - t == 14 and startswith(REASON_CODE_EXTENSIONS, t)) and problem is None:
-                    problem = _entry_extensions_problem(d, t, stop)
-            j = stop
-            if j > report:
-                report += step
-                progress(j, n)  # type: ignore[misc]
-    width = max(1, max(map(len, magnitudes), default=1))
+        padded = _fast_keys(d, rs, re_, progress)
+        if padded is not None:
+            keys, width = _trim(padded, FAST_WIDTH)
+        else:
+            magnitudes, negatives, problem = _walk(d, rs, re_, n, progress)
+            width = max(1, max(map(len, magnitudes), default=1))
+            keys = b"".join([m.rjust(width, b"\x00") for m in magnitudes])
+            del magnitudes
     # The skeleton: the same TBS without the revoked list, re-wrapped; parsed by the library.
     body = d[ts:rev_start] + d[rev_end:te]
     tbs_skel = b"\x30" + _encode_length(len(body)) + body
@@ -215,4 +307,4 @@ def scan_crl(data: bytes, progress: Progress | None = None) -> CrlScan:
         skeleton.last_update_utc  # noqa: B018
     except ValueError as e:
         raise CrlFormatError(f"malformed CRL: {e}") from e
-    return CrlScan(tbs, skeleton, signature, magnitudes, frozenset(negatives), width, problem)
+    return CrlScan(tbs, skeleton, signature, keys, width, frozenset(negatives), problem)

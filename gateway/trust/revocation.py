@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from cryptography import x509
@@ -99,10 +100,9 @@ class CrlIndex:
         if serial < 0:
             return serial in self.negatives
         w = self.width
-        mag = serial.to_bytes((serial.bit_length() + 7) // 8, "big")
-        if len(mag) > w:
+        if serial.bit_length() > 8 * w:
             return False
-        key = mag.rjust(w, b"\x00")
+        key = serial.to_bytes(w, "big")
         blob, base = self._blob, self._offset
         lo, hi = 0, self._positives
         while lo < hi:
@@ -125,19 +125,22 @@ def _verify_signature(cert: x509.Certificate, scan: CrlScan) -> bool:
     key = cert.public_key()
     crl = scan.skeleton
     h = crl.signature_hash_algorithm
+    # cryptography reads any buffer; a memoryview spares a copy of a CRL's worth of bytes.
+    # (Every key type goes through here in tests/test_trust_validation.py.)
+    tbs = cast(bytes, scan.tbs)
     try:
         if isinstance(key, rsa.RSAPublicKey):
             params = crl.signature_algorithm_parameters
             pad = params if isinstance(params, padding.PSS | padding.PKCS1v15) else padding.PKCS1v15()
             if h is None:
                 return False
-            key.verify(scan.signature, scan.tbs, pad, h)
+            key.verify(scan.signature, tbs, pad, h)
         elif isinstance(key, ec.EllipticCurvePublicKey):
             if h is None:
                 return False
-            key.verify(scan.signature, scan.tbs, ec.ECDSA(h))
+            key.verify(scan.signature, tbs, ec.ECDSA(h))
         elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(scan.signature, scan.tbs)
+            key.verify(scan.signature, tbs)
         elif isinstance(key, dsa.DSAPublicKey):
             return False
         else:
@@ -235,12 +238,10 @@ def check_crl(data: bytes, signers: Sequence[x509.Certificate], *, now: float,
 
 
 def _sorted_keys(scan: CrlScan) -> bytes:
-    w = scan.width
-    if not scan.magnitudes:
+    if not scan.keys:
         return b""
-    blob = b"".join([m.rjust(w, b"\x00") for m in scan.magnitudes])
-    arr = np.frombuffer(blob, dtype=f"S{w}").copy()
-    arr.sort()  # fixed-width byte strings: the same order as memcmp
+    arr = np.frombuffer(scan.keys, dtype=f"S{scan.width}").copy()
+    arr.sort()  # equal-width byte strings sort in memcmp order (checked by the tests)
     return arr.tobytes()
 
 
@@ -307,8 +308,8 @@ class RevocationStore:
             "next_update": nu.timestamp() if nu else None,
             "number": str(checked.number) if checked.number is not None else None,
             "width": checked.scan.width,
-            "count": len(checked.scan.magnitudes) + len(checked.scan.negatives),
-            "positives": len(checked.scan.magnitudes),
+            "count": checked.scan.count,
+            "positives": len(checked.scan.keys) // checked.scan.width,
             "negatives": [str(n) for n in sorted(checked.scan.negatives)],
             "scope": {"only_user": checked.scope.only_user, "only_ca": checked.scope.only_ca,
                       "dp_names": list(checked.scope.dp_names)},
