@@ -65,6 +65,12 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.journal.append("gateway.started", pid=os.getpid())
+        behind = self.trust.trusted_time - time.time()
+        if behind > self.trust.clock_skew:
+            log.error("the system clock is %.0f s behind the newest trusted time (a CRL's "
+                      "thisUpdate); doors apply their clock_behind stance", behind)
+            self.journal.append("alarm.clock-behind", reason="clock-behind",
+                                behind_s=round(behind))
         for name, board in self.boards.items():
             try:
                 await board.connect()
