@@ -81,7 +81,9 @@ class PcscConnection:
                 raise CardRemoved("card removed during the transaction")
             raise ReaderError(f"transmit: {scard.SCardGetErrorMessage(hr)}")
         if len(resp) < 2:
-            raise CardError("card answered fewer than 2 bytes (no status word)")
+            # Every ISO 7816 answer ends in a status word; none means the link to the card
+            # broke (vpcd reports a card pulled away this way, before pcscd sees it absent).
+            raise CardRemoved("the card stopped answering mid-transaction (no status word)")
         return bytes(resp[:-2]), (resp[-2] << 8) | resp[-1]
 
 
@@ -96,27 +98,36 @@ class ReaderStatus:
 Result = CardRead | CardFailure | ReaderStatus
 
 
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """Posted by the worker when a card transaction begins (for the timeout)."""
+
+    detected_at: float
+
+
 class PcscReader:
     """Watches one reader slot and runs `profile` once per card insertion."""
 
     transport = "pcsc"
 
-    def __init__(self, name: str, base: str, slot: int, profile: CardProfile) -> None:
+    def __init__(self, name: str, base: str, slot: int, profile: CardProfile, *,
+                 timeout: float = 3.0) -> None:
         self.name = name  # the door/printer-side name used in events
         self.base = base
         self.slot = slot
         self.profile = profile
+        self.timeout = timeout  # seconds a card may take for one whole transaction
         self._stop = threading.Event()
         self._context: int | None = None
         self._thread: threading.Thread | None = None
-        self._queue: asyncio.Queue[Result] | None = None
+        self._queue: asyncio.Queue[Result | _Started] | None = None
 
     async def __aenter__(self) -> PcscReader:
         loop = asyncio.get_running_loop()
-        q: asyncio.Queue[Result] = asyncio.Queue()
+        q: asyncio.Queue[Result | _Started] = asyncio.Queue()
         self._queue = q
 
-        def post(item: Result) -> None:
+        def post(item: Result | _Started) -> None:
             loop.call_soon_threadsafe(q.put_nowait, item)
 
         hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
@@ -129,8 +140,9 @@ class PcscReader:
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._context is not None:
-            scard.SCardCancel(self._context)
+        ctx = self._context
+        if ctx is not None:
+            scard.SCardCancel(ctx)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
         if self._context is not None:
@@ -138,22 +150,54 @@ class PcscReader:
             self._context = None
 
     async def presentations(self) -> AsyncIterator[Result]:
-        assert self._queue is not None, "use `async with reader`"
+        """Reader status changes and one result per card presented, in order.
+
+        A card that has not finished its transaction within `timeout` seconds is reported as
+        CardFailure "card-timeout" at that moment; its late result, if any, is dropped."""
+        q = self._queue
+        assert q is not None, "use `async with reader`"
+        late = 0
         while True:
-            yield await self._queue.get()
+            item = await q.get()
+            if isinstance(item, _Started):
+                try:
+                    result = await asyncio.wait_for(q.get(), self.timeout)
+                except TimeoutError:
+                    late += 1
+                    yield CardFailure(self.name, "card-timeout", f"the card did not complete "
+                                      f"its transaction within {self.timeout:g} s",
+                                      self.transport, item.detected_at)
+                    continue
+                assert not isinstance(result, _Started)
+                yield result
+            elif late and isinstance(item, CardRead | CardFailure):
+                late -= 1  # the answer of a card already reported as timed out
+            else:
+                yield item
 
     # --- worker thread -------------------------------------------------------------------
-    def _run(self, post: Callable[[Result], None]) -> None:
-        ctx = self._context
-        assert ctx is not None
+    def _offline_wait(self) -> bool:
+        """After losing pcscd: drop the context, wait a little; True when asked to stop."""
+        ctx, self._context = self._context, None
+        if ctx is not None:
+            scard.SCardReleaseContext(ctx)
+        return self._stop.wait(POLL_MS / 1000)
+
+    def _run(self, post: Callable[[Result | _Started], None]) -> None:
         online: bool | None = None
         while not self._stop.is_set():
+            ctx = self._context
             try:
+                if ctx is None:
+                    hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+                    _check(hr, "connecting to pcscd")
+                    self._context = ctx
                 pcsc_name = resolve_reader(list_readers(ctx), self.base, self.slot)
             except ReaderError as e:
-                post(ReaderStatus(self.name, False, None, str(e)))
-                online = False
-                if self._wait_pnp(ctx):
+                if online is not False:
+                    post(ReaderStatus(self.name, False, None, str(e)))
+                    online = False
+                if self._offline_wait():
                     return
                 continue
             if pcsc_name is None:
@@ -175,14 +219,17 @@ class PcscReader:
         hr, _ = scard.SCardGetStatusChange(ctx, POLL_MS, [(PNP, scard.SCARD_STATE_UNAWARE)])
         if hr == scard.SCARD_E_CANCELLED or self._stop.is_set():
             return True
+        if hr in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_INVALID_HANDLE):
+            return self._offline_wait()
         if hr not in (scard.SCARD_S_SUCCESS, scard.SCARD_E_TIMEOUT):
             self._stop.wait(POLL_MS / 1000)  # no PnP support: poll
         return self._stop.is_set()
 
-    def _watch(self, ctx: int, pcsc_name: str, post: Callable[[Result], None]) -> bool:
+    def _watch(self, ctx: int, pcsc_name: str, post: Callable[[Result | _Started], None]) -> bool:
         """Follow card insertions on `pcsc_name` until it goes away; True when asked to stop."""
         state = scard.SCARD_STATE_UNAWARE
         present = False
+        inserted: int | None = None  # pcsc-lite's insertion counter (upper 16 bits of the state)
         while not self._stop.is_set():
             hr, states = scard.SCardGetStatusChange(ctx, POLL_MS, [(pcsc_name, state)])
             if hr == scard.SCARD_E_CANCELLED:
@@ -190,15 +237,24 @@ class PcscReader:
             if hr == scard.SCARD_E_TIMEOUT:
                 continue
             if hr != scard.SCARD_S_SUCCESS:
+                if hr in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_INVALID_HANDLE):
+                    return self._offline_wait()
                 return False
             event = states[0][1]
             if event & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE):
                 return False
             state = event & ~scard.SCARD_STATE_CHANGED
             now_present = bool(event & scard.SCARD_STATE_PRESENT)
-            if now_present and not present and not event & scard.SCARD_STATE_MUTE:
-                post(self._transaction(ctx, pcsc_name, time.monotonic()))
+            count = (event >> 16) & 0xFFFF
+            # A new card: present now and absent before, or a swap faster than we looked
+            # (the insertion counter moved while the slot stayed occupied).
+            new_card = now_present and (not present or count != inserted)
+            if new_card and not event & scard.SCARD_STATE_MUTE:
+                detected = time.monotonic()
+                post(_Started(detected))
+                post(self._transaction(ctx, pcsc_name, detected))
             present = now_present
+            inserted = count
         return True
 
     def _transaction(self, ctx: int, pcsc_name: str, detected: float) -> CardRead | CardFailure:
@@ -208,13 +264,23 @@ class PcscReader:
             return CardFailure(self.name, "card-unreadable",
                                f"connect: {scard.SCardGetErrorMessage(hr)}", self.transport,
                                detected)
+        disposition = scard.SCARD_RESET_CARD  # log the card out of whatever it did
         try:
             result = self.profile.run(PcscConnection(hcard, proto))
         except CardError as e:
+            if isinstance(e, CardRemoved):
+                # Resetting a card that is gone left vpcd's slot unable to see the next card
+                # (pcscd: "Error resetting card"); there is nothing to reset anyway.
+                disposition = scard.SCARD_LEAVE_CARD
             return CardFailure(self.name, e.reason, str(e), self.transport, detected)
         except ReaderError as e:
+            disposition = scard.SCARD_LEAVE_CARD
             return CardFailure(self.name, "reader-error", str(e), self.transport, detected)
+        except Exception as e:  # no card may take the reader down with it
+            log.exception("reader %s: unexpected error in a card transaction", self.name)
+            return CardFailure(self.name, "reader-error", f"unexpected: {e}", self.transport,
+                               detected)
         finally:
-            scard.SCardDisconnect(hcard, scard.SCARD_RESET_CARD)
+            scard.SCardDisconnect(hcard, disposition)
         return CardRead(self.name, result.certificates, result.challenge, result.signature,
                         result.scheme, self.transport, result.aid, detected)

@@ -104,3 +104,48 @@ def test_opensc_reads_the_virtual_card_as_standard_piv(pcsc_rig, demo_pki, tmp_p
     alice = json.loads(demo_pki.cards["alice"].read_text())["certificate"]
     assert cert == x509.load_pem_x509_certificate(alice.encode())
     assert dataclasses.is_dataclass(CardRead)
+
+
+def card_with(demo_pki, tmp_path: Path, behaviour: str) -> Path:
+    path = tmp_path / f"{behaviour}.card.json"
+    doc = json.loads(demo_pki.cards["alice"].read_text())
+    path.write_text(json.dumps({**doc, "behaviour": behaviour}))
+    return path
+
+
+async def test_a_stalling_card_times_out_and_the_reader_serves_the_next(pcsc_rig, demo_pki,
+                                                                        tmp_path):
+    async with PcscReader("front", "Door0", 0, PROFILE, timeout=0.5) as reader:
+        it = reader.presentations()
+        pcsc_rig.insert("Door0", card_with(demo_pki, tmp_path, "stall"))
+        failure = await next_card(it)
+        assert isinstance(failure, CardFailure) and failure.reason == "card-timeout"
+        pcsc_rig.insert("Door0", demo_pki.cards["alice"])  # the stalled card is pulled first
+        assert isinstance(await next_card(it), CardRead)
+
+
+async def test_a_card_pulled_mid_transaction_ends_cleanly(pcsc_rig, demo_pki, tmp_path):
+    async with PcscReader("front", "Door0", 0, PROFILE) as reader:
+        it = reader.presentations()
+        pcsc_rig.insert("Door0", card_with(demo_pki, tmp_path, "leave-mid-transaction"))
+        failure = await next_card(it)
+        assert isinstance(failure, CardFailure) and failure.reason == "card-removed", failure
+        pcsc_rig.insert("Door0", demo_pki.cards["alice"])
+        assert isinstance(await next_card(it), CardRead)
+
+
+async def test_reader_that_disappears_is_reported_offline_and_picked_up_again(pcsc_rig,
+                                                                              demo_pki):
+    async with PcscReader("front", "Door2", 0, PROFILE) as reader:
+        it = reader.presentations()
+        first = await asyncio.wait_for(it.__anext__(), 10)
+        assert isinstance(first, ReaderStatus) and first.online
+        await asyncio.to_thread(pcsc_rig.restart)
+        statuses: list[ReaderStatus] = []
+        while len(statuses) < 2 or not statuses[-1].online:
+            item = await asyncio.wait_for(it.__anext__(), 15)
+            assert isinstance(item, ReaderStatus)
+            statuses.append(item)
+        assert not statuses[0].online and statuses[-1].online
+        pcsc_rig.insert("Door2", demo_pki.cards["alice"])
+        assert isinstance(await next_card(it), CardRead)

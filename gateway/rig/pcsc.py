@@ -29,6 +29,7 @@ class PcscRig:
         self.pcscd = pcscd
         self.socket = workdir / "run" / "pcscd.comm"
         self.cards: dict[str, RigProcess] = {}
+        self._apdu_log = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -54,52 +55,48 @@ class PcscRig:
             (conf / f"reader{i}").write_text(
                 f'FRIENDLYNAME "{name}"\nDEVICENAME /dev/null:{port}\n'
                 f"LIBPATH {lib}\nCHANNELID {port}\n")
-        flags = "-f -a" if apdu_log else "-f"
-        script = (f"mkdir -p /run/pcscd && mount --bind {run} /run/pcscd && "
-                  f"exec pcscd {flags} -c {conf}")
-        proc = RigProcess("pcscd", ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                          workdir / "pcscd.log")
-        rig = cls(workdir, ports, proc)
-        try:
-            wait_until(rig.socket.exists, 10, "pcscd socket", proc)
-            for name, port in ports.items():
-                wait_until(functools.partial(port_open, port), 10, f"vpcd reader {name}", proc)
-        except BaseException:
-            proc.stop()
-            raise
+        rig = cls(workdir, ports, cls._launch(workdir, apdu_log))
+        rig._apdu_log = apdu_log
+        rig._wait_ready()
         return rig
+
+    @staticmethod
+    def _launch(workdir: Path, apdu_log: bool) -> RigProcess:
+        flags = "-f -a" if apdu_log else "-f"
+        script = (f"mkdir -p /run/pcscd && mount --bind {workdir / 'run'} /run/pcscd && "
+                  f"exec pcscd {flags} -c {workdir / 'reader.conf.d'}")
+        return RigProcess("pcscd", ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                    script], workdir / "pcscd.log")
+
+    def _wait_ready(self) -> None:
+        try:
+            wait_until(self.socket.exists, 10, "pcscd socket", self.pcscd)
+            for name, port in self.readers.items():
+                wait_until(functools.partial(port_open, port), 10, f"vpcd reader {name}",
+                           self.pcscd)
+        except BaseException:
+            self.pcscd.stop()
+            raise
+
+    def restart(self) -> None:
+        """Stop pcscd (every reader disappears) and start it again on the same readers."""
+        for key in list(self.cards):
+            reader, _, slot = key.partition("/")
+            self.remove(reader, slot=int(slot))
+        self.pcscd.stop()
+        self.socket.unlink(missing_ok=True)
+        wait_until(lambda: not any(port_open(p) for p in self.readers.values()), 10,
+                   "vpcd ports to close")
+        self.pcscd = self._launch(self.workdir, self._apdu_log)
+        self._wait_ready()
 
     def wait_slot(self, reader: str, present: bool, *, slot: int = 0,
                   timeout: float = 10.0) -> None:
         """Wait until pcscd reports the slot with (or without) a card. Needs PCSCLITE_CSOCK_NAME
         set to `self.socket` in this process (libpcsclite reads it once)."""
-        from smartcard import scard  # the rig's own PC/SC client; the daemon's is readers.pcsc
-
-        hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
-        if hr != scard.SCARD_S_SUCCESS:
-            raise RuntimeError(f"pcscd: {scard.SCardGetErrorMessage(hr)}")
-        try:
-            _, names = scard.SCardListReaders(ctx, [])
-            # pcscd adds an enumeration index between name and slot: "Door0 00 01".
-            matches = [n for n in names if n.startswith(f"{reader} ") and n.endswith(f" {slot:02X}")
-                       and len(n) == len(reader) + 6]
-            if len(matches) != 1:
-                raise RuntimeError(f"reader {reader} slot {slot}: found {matches}")
-            name = matches[0]
-            deadline = time.monotonic() + timeout
-            state = scard.SCARD_STATE_UNAWARE
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{name}: card {'in' if present else 'out'} not seen")
-                hr, states = scard.SCardGetStatusChange(ctx, int(left * 1000), [(name, state)])
-                if hr != scard.SCARD_S_SUCCESS:
-                    continue
-                state = states[0][1] & ~scard.SCARD_STATE_CHANGED
-                if bool(state & scard.SCARD_STATE_PRESENT) == present:
-                    return
-        finally:
-            scard.SCardReleaseContext(ctx)
+        if _wait_slot(reader, slot, present, timeout) != 0:
+            raise TimeoutError(f"reader {reader} slot {slot}: card "
+                               f"{'in' if present else 'out'} not seen")
 
     def insert(self, reader: str, card_file: Path, *, slot: int = 0) -> RigProcess:
         """Insert a virtual card (its own process) into `reader`; returns the card's process.
@@ -133,3 +130,37 @@ class PcscRig:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _wait_slot(reader: str, slot: int, present: bool, timeout: float) -> int:
+    from smartcard import scard
+
+    hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    if hr != scard.SCARD_S_SUCCESS:
+        print(f"pcscd: {scard.SCardGetErrorMessage(hr)}", file=sys.stderr)
+        return 1
+    try:
+        _, names = scard.SCardListReaders(ctx, [])
+        # pcscd adds an enumeration index between name and slot: "Door0 00 01".
+        matches = [n for n in names if n.startswith(f"{reader} ") and n.endswith(f" {slot:02X}")
+                   and len(n) == len(reader) + 6]
+        if len(matches) != 1:
+            print(f"reader {reader} slot {slot}: found {matches}", file=sys.stderr)
+            return 1
+        deadline = time.monotonic() + timeout
+        state = scard.SCARD_STATE_UNAWARE
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                print(f"{matches[0]}: card {'in' if present else 'out'} not seen",
+                      file=sys.stderr)
+                return 1
+            hr, states = scard.SCardGetStatusChange(ctx, int(left * 1000), [(matches[0], state)])
+            if hr != scard.SCARD_S_SUCCESS:
+                continue
+            state = states[0][1] & ~scard.SCARD_STATE_CHANGED
+            if bool(state & scard.SCARD_STATE_PRESENT) == present:
+                return 0
+    finally:
+        scard.SCardReleaseContext(ctx)
+

@@ -31,6 +31,10 @@ class Stall(Exception):
     """Raised by the applet when its behaviour is to never answer."""
 
 
+class Leave(Exception):
+    """Raised by the applet when its behaviour is to leave the field mid-transaction."""
+
+
 class PivApplet:
     def __init__(self, card: CardFile) -> None:
         self.card = card
@@ -136,6 +140,8 @@ class PivApplet:
         challenge = template[0x81]
         if self.card.behaviour == "stall":
             raise Stall
+        if self.card.behaviour == "leave-mid-transaction":
+            raise Leave
         if self.card.behaviour == "wrong-signature":
             challenge = bytes(b ^ 0x5A for b in challenge)
         key = self.card.key

@@ -23,6 +23,7 @@ BEHAVIOURS = frozenset({
     "wrong-signature",  # GENERAL AUTHENTICATE returns a signature over something else
     "stall",          # never answers GENERAL AUTHENTICATE
     "absurd-length",  # the certificate object claims 16 MB
+    "leave-mid-transaction",  # pulled away after GET DATA, before GENERAL AUTHENTICATE
 })
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from gateway.errors import InputError
-from readers.virtual.applet import PivApplet, Stall
+from readers.virtual.applet import Leave, PivApplet, Stall
 from readers.virtual.cardfile import read_card
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,12 @@ def serve(applet: PivApplet, sock: socket.socket, stop: threading.Event) -> None
         except Stall:
             log.info("card stalls (test behaviour): no answer")
             stop.wait()
+            return
+        except Leave:
+            # A card torn away mid-transaction: the reader gets an answer without a status
+            # word, then the card is gone.
+            log.info("card leaves mid-transaction (test behaviour)")
+            _send(sock, b"")
             return
 
 
