@@ -13,6 +13,9 @@ from gateway.config import PersonConfig, Stance
 from gateway.domain import CardRead, Decision
 from gateway.trust.validator import Rejection, TrustStore, Validated, verify_proof
 
+PROOF_FAILED = ("proof of possession failed: the card's signature over our challenge does not "
+                "verify with the certificate's key")
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -32,9 +35,7 @@ def check_presentation(store: TrustStore, read: CardRead, at: float) -> Validate
         return verdict
     leaf = store.leaf(read.certificates)
     if leaf is None or not verify_proof(leaf, read.challenge, read.signature, read.scheme):
-        return Rejection("proof-failed", "proof of possession failed: the card's signature "
-                                         "over our challenge does not verify with the "
-                                         "certificate's key")
+        return Rejection("proof-failed", PROOF_FAILED)
     return verdict
 
 

@@ -78,22 +78,6 @@ def cmd_pki_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_card_serve(args: argparse.Namespace) -> int:
-    from readers.virtual.vpcd import run
-
-    setup_logging(args.verbose)
-    return run(args.reader_port, args.card, host=args.host)
-
-
-def cmd_card_readers(args: argparse.Namespace) -> int:
-    from readers.pcsc import list_readers, split_name
-
-    for name in list_readers():
-        base, slot = split_name(name)
-        print(f"{name}\t(reader {base!r}, slot {slot})")
-    return 0
-
-
 def cmd_board_serve(args: argparse.Namespace) -> int:
     from door_drivers.simulator import main as board_main
 
@@ -130,15 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     kd.add_argument("dir", type=Path)
     kd.set_defaults(func=cmd_pki_demo)
 
-    cd = sub.add_parser("card", help="cards and readers")
-    cds = cd.add_subparsers(dest="sub", required=True)
-    cserve = cds.add_parser("serve", help="a virtual PIV card in a vpcd reader slot")
-    cserve.add_argument("--reader-port", type=int, required=True)
-    cserve.add_argument("--card", type=Path, required=True)
-    cserve.add_argument("--host", default="127.0.0.1")
-    cserve.set_defaults(func=cmd_card_serve)
-    creaders = cds.add_parser("readers", help="list PC/SC readers")
-    creaders.set_defaults(func=cmd_card_readers)
+    from gateway.cli_card import register as register_card
+
+    register_card(sub)
 
     b = sub.add_parser("board", help="relay boards")
     bs = b.add_subparsers(dest="sub", required=True)
