@@ -1,0 +1,129 @@
+"""Reader latency: from the reader reporting a card to the access decision, through real pcscd +
+vpcd with an EC P-256 virtual PIV card; and 8 doors presenting at the same moment.
+
+Beside it, in the same run: OpenSC's pkcs15-tool reading the same card's certificate alone, as an
+independent reference for what a generic smart-card stack costs per card.
+
+    python -m bench.readers [--taps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.access import Policy, check_presentation, decide
+from gateway.config import PersonConfig, ProfileConfig, TrustConfig
+from gateway.domain import CardRead
+from gateway.pki_demo import make_demo_pki
+from gateway.rig.pcsc import PcscRig
+from gateway.trust.store import load_trust_store
+from readers.pcsc import PcscReader, ReaderStatus
+from readers.profile import PivCakProfile
+
+PIV_EKU = "2.16.840.1.101.3.6.8"
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+async def next_read(it) -> CardRead:
+    while True:
+        item = await asyncio.wait_for(it.__anext__(), 20)
+        if isinstance(item, ReaderStatus):
+            continue
+        assert isinstance(item, CardRead), item
+        return item
+
+
+async def measure(taps: int) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="bench-readers-"))
+    pki = make_demo_pki(work / "pki")
+    names = [f"Door{i}" for i in range(8)]
+    rig = PcscRig.start(work / "pcsc", names)
+    os.environ["PCSCLITE_CSOCK_NAME"] = str(rig.socket)
+    store = load_trust_store(TrustConfig(
+        (pki.root,), (pki.issuing,), (pki.crl, pki.root.parent / "root.crl"),
+        (ProfileConfig("piv", (PIV_EKU,), (), "upn", ()),), 300, 0, "deny", "deny", "deny"))
+    policy = Policy.from_people((PersonConfig("p-alice", ("upn:alice@demo.example",),
+                                              tuple(names)),))
+    out: dict[str, object] = {}
+    try:
+        readers = [PcscReader(n, n, 0, PivCakProfile()) for n in names]
+        for r in readers:
+            await r.__aenter__()
+        its = [r.presentations() for r in readers]
+
+        async def decided(i: int) -> float:
+            read = await next_read(its[i])
+            d = decide(policy, check_presentation(store, read, time.time()), names[i])
+            assert d.granted, d
+            return (time.monotonic() - read.detected_at) * 1000
+
+        single = []
+        for _ in range(taps):
+            rig.insert("Door0", pki.cards["alice"])
+            single.append(await decided(0))
+            rig.remove("Door0", wait=True)
+        out["single"] = single
+
+        rounds = []
+        for _ in range(max(3, taps // 10)):
+            for n in names:
+                rig.insert(n, pki.cards["alice"])  # eight card processes start at once
+            rounds.append(await asyncio.gather(*(decided(i) for i in range(8))))
+            for n in names:
+                rig.remove(n, wait=True)
+        out["eight"] = rounds
+
+        rig.insert("Door1", pki.cards["alice"])
+        rig.wait_slot("Door1", True)
+        opensc = []
+        for _ in range(5):
+            t = time.perf_counter()
+            r = subprocess.run(["pkcs15-tool", "--reader", "Door1 00 00", "--read-certificate",
+                                "04", "--output", str(work / "c.pem")], env=rig.env,
+                               capture_output=True, timeout=60)
+            opensc.append((time.perf_counter() - t) * 1000)
+            assert r.returncode == 0, r.stderr
+        out["opensc"] = opensc
+        for r in readers:
+            await r.__aexit__(None, None, None)
+    finally:
+        rig.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--taps", type=int, default=30)
+    args = ap.parse_args(argv)
+    res = asyncio.run(measure(args.taps))
+    single: list[float] = res["single"]  # type: ignore[assignment]
+    rounds: list[list[float]] = res["eight"]  # type: ignore[assignment]
+    opensc: list[float] = res["opensc"]  # type: ignore[assignment]
+    worst = [max(r) for r in rounds]
+    print(f"env: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, pcscd + vpcd, "
+          f"EC P-256 virtual PIV card")
+    print(f"{'':44} | {'ours':>22} | {'target':>10} | {'OpenSC pkcs15-tool':>20}")
+    print(f"{'card reported -> decision, one door':44} | p50 {statistics.median(single):6.1f} ms "
+          f"p95 {pct(single, 95):6.1f} ms | p50 <= 20 ms | read cert alone "
+          f"{statistics.median(opensc):6.0f} ms")
+    print(f"{'8 doors at once: slowest door per round':44} | max {max(worst):6.1f} ms "
+          f"(median {statistics.median(worst):5.1f}) | <= 100 ms |")
+    print(f"single taps: {len(single)}; 8-door rounds: {len(rounds)}; every decision granted "
+          "(alice); OpenSC: median of 5 process runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
