@@ -33,7 +33,7 @@ PIV_EKU = "2.16.840.1.101.3.6.8"
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 async def next_read(it) -> CardRead:
@@ -90,11 +90,11 @@ async def measure(taps: int) -> dict[str, object]:
         opensc = []
         for _ in range(5):
             t = time.perf_counter()
-            r = subprocess.run(["pkcs15-tool", "--reader", "Door1 00 00", "--read-certificate",
-                                "04", "--output", str(work / "c.pem")], env=rig.env,
-                               capture_output=True, timeout=60)
+            done = subprocess.run(["pkcs15-tool", "--reader", "Door1 00 00",
+                                   "--read-certificate", "04", "--output", str(work / "c.pem")],
+                                  env=rig.env, capture_output=True, timeout=60)
             opensc.append((time.perf_counter() - t) * 1000)
-            assert r.returncode == 0, r.stderr
+            assert done.returncode == 0, done.stderr
         out["opensc"] = opensc
         for r in readers:
             await r.__aexit__(None, None, None)
