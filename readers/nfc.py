@@ -38,6 +38,7 @@ PRESENCE_INTERVAL_S = 0.1  # between presence checks while a target stays in the
 RETRY_MIN_S = 0.5  # reopening a frontend that failed: backoff from here ...
 RETRY_MAX_S = 10.0  # ... doubling up to here
 STOP_WAIT_S = 5.0
+HOLD_OFF_S = 1.0  # after a target whose activation failed
 
 
 class CardTimeout(CardError):
@@ -231,6 +232,10 @@ class NfcReader:
                 post(result)
             if tag is not None:
                 self._wait_absent(tag)
+            elif result is not None:
+                # A target that failed activation cannot be watched: hold off instead of
+                # reporting it again at every poll.
+                self._stop.wait(HOLD_OFF_S)
 
     def _transaction(self, frontend: _Frontend, target: Any, detected: float
                      ) -> tuple[CardRead | CardFailure | None, Any]:

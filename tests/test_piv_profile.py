@@ -112,3 +112,22 @@ def test_card_file_errors_name_the_field(tmp_path: Path):
     p.write_text('{"format": "portvakt-card/1", "certificate": "nope", "key": ""}')
     with pytest.raises(InputError, match="certificate: expected a PEM certificate"):
         read_card(p)
+
+
+def test_gzip_compressed_certificate_is_read(demo_pki: DemoPki):
+    card = dataclasses.replace(read_card(demo_pki.cards["alice"]), compress_certificate=True)
+    r = PivCakProfile((PIV_AID,)).run(AppletConnection(PivApplet(card)))
+    assert r.certificates[0] == card.certificate_der()
+    assert verify_proof(card.certificate, r.challenge, r.signature, r.scheme)
+
+
+def test_a_gzip_bomb_certificate_is_refused():
+    import gzip
+
+    from readers.piv import parse_certificate_object
+    from readers.tlv import tlv
+
+    bomb = gzip.compress(bytes(10_000_000))
+    obj = tlv(0x53, tlv(0x70, bomb) + tlv(0x71, b"\x01"))
+    with pytest.raises(MalformedCardData, match="longer than"):
+        parse_certificate_object(obj)

@@ -5,6 +5,8 @@ Pure (bytes in, bytes out), so the same applet serves a vpcd reader and an NFC p
 
 from __future__ import annotations
 
+import gzip
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 
@@ -119,7 +121,10 @@ class PivApplet:
         if int.from_bytes(tag, "big") != CARD_AUTH_OBJECT:
             return sw(0x6A82)
         cert = self.card.certificate_der()
-        obj = tlv(0x53, tlv(0x70, cert) + tlv(0x71, b"\x00") + tlv(0xFE, b""))
+        info = b"\x00"
+        if self.card.compress_certificate:
+            cert, info = gzip.compress(cert, mtime=0), b"\x01"
+        obj = tlv(0x53, tlv(0x70, cert) + tlv(0x71, info) + tlv(0xFE, b""))
         if self.card.behaviour == "truncated-tlv":
             obj = obj[: len(obj) // 2]
         elif self.card.behaviour == "absurd-length":

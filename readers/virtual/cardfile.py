@@ -36,15 +36,17 @@ class CardFile:
     key: PrivateKey
     aid: bytes | None
     behaviour: str
+    compress_certificate: bool = False  # store it gzip-compressed (CertInfo bit 0), SP 800-73
 
     def certificate_der(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
 
 def write_card(path: Path, name: str, certificate: x509.Certificate, key: PrivateKey, *,
-               aid: bytes | None = None, behaviour: str = "normal") -> None:
+               aid: bytes | None = None, behaviour: str = "normal",
+               compress_certificate: bool = False) -> None:
     """Write a card file readable only by its owner (it holds a private key)."""
-    doc = {
+    doc: dict[str, object] = {
         "format": FORMAT,
         "name": name,
         "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
@@ -52,6 +54,8 @@ def write_card(path: Path, name: str, certificate: x509.Certificate, key: Privat
                                  serialization.NoEncryption()).decode(),
         "behaviour": behaviour,
     }
+    if compress_certificate:
+        doc["compress_certificate"] = True
     if aid is not None:
         doc["aid"] = aid.hex().upper()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -86,4 +90,7 @@ def read_card(path: Path) -> CardFile:
             aid = bytes.fromhex(str(doc["aid"]))
         except ValueError as e:
             raise InputError(f"{path}: aid: expected hex bytes") from e
-    return CardFile(str(doc.get("name", path.stem)), cert, key, aid, behaviour)
+    compress = doc.get("compress_certificate", False)
+    if not isinstance(compress, bool):
+        raise InputError(f"{path}: compress_certificate: expected true or false")
+    return CardFile(str(doc.get("name", path.stem)), cert, key, aid, behaviour, compress)

@@ -43,7 +43,7 @@ COMMANDS = {"select": 0xA4, "get-data": 0xCB, "general-authenticate": 0x87}
 
 def fwt_seconds(fwi: int) -> float:
     """Frame waiting time for a frame waiting time integer (ISO/IEC 14443-4, 7.2)."""
-    return 4096 / 13.56e6 * 2**fwi
+    return 4096 / 13.56e6 * float(2**fwi)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +230,17 @@ def _wait_with_wtx(clf: Any, card: IsoDepCard, seconds: float) -> bool:
             return False
         if bytes(reply or b"")[:1] != b"\xf2":
             return False
-        # The reader now waits WTXM * FWT for our next block; work until done or nearly out.
-        time.sleep(max(0.0, min(deadline - time.monotonic(), (request[1] - 1) * card.fwt)))
+        # The reader now waits WTXM * FWT for our next block. Work until done or nearly out of
+        # that time (here the work is waiting); a reader that speaks meanwhile has given up.
+        pause = min(deadline - time.monotonic(), (request[1] - 1) * card.fwt)
+        if pause > 0:
+            try:
+                clf.exchange(None, pause)
+            except nfc.clf.TimeoutError:
+                continue
+            except nfc.clf.CommunicationError:
+                pass
+            return False
     return True
 
 
@@ -264,10 +273,15 @@ def serve(port: int, card_path: Path, *, host: str = "127.0.0.1", taps: int | No
     done = 0
     try:
         while taps is None or done < taps:
+            began = time.monotonic()
             target = clf.listen(_local_target(), LISTEN_S)
             rats = bytes(target.tt4_cmd or b"") if target is not None else b""
             if rats[:1] != b"\xe0":
-                continue  # nothing, or a frame of an earlier session: not an activation
+                # Nothing, or a frame of an earlier session: not an activation. nfcpy's listen
+                # returns at once while another process holds the port: do not spin.
+                if target is None and time.monotonic() - began < LISTEN_S / 2:
+                    time.sleep(0.05)
+                continue
             ended = _session(clf, rats, applet, opts, opts.leave_after if done == 0 else None)
             done += 1
             log.info("tap %d: %s", done, ended)
@@ -292,9 +306,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--taps", type=int, metavar="N", help="present N times, then exit (default: "
                    "until stopped)")
-    p.add_argument("--dwell", type=_positive, default=PhoneOptions.dwell,
+    p.add_argument("--dwell", type=_positive, default=PhoneOptions().dwell,
                    help="seconds held to the reader after the last answer")
-    p.add_argument("--away", type=_positive, default=PhoneOptions.away,
+    p.add_argument("--away", type=_positive, default=PhoneOptions().away,
                    help="seconds out of the field between taps")
     p.add_argument("--latency", type=_positive, default=0.0,
                    help="seconds the key takes to sign (covered by S(WTX))")
