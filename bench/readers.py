@@ -21,11 +21,11 @@ from pathlib import Path
 
 from gateway.access import Policy, check_presentation, decide
 from gateway.config import PersonConfig, ProfileConfig, TrustConfig
-from gateway.domain import CardRead
+from gateway.domain import CardRead, ReaderStatus
 from gateway.pki_demo import make_demo_pki
 from gateway.rig.pcsc import PcscRig
 from gateway.trust.store import load_trust_store
-from readers.pcsc import PcscReader, ReaderStatus
+from readers.pcsc import PcscReader
 from readers.profile import PivCakProfile
 
 PIV_EKU = "2.16.840.1.101.3.6.8"

@@ -32,7 +32,7 @@ def setup_logging(verbose: int, fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else
                         logging.INFO if verbose else logging.WARNING, handlers=[handler])
-    for noisy in ("pymodbus", "asyncio"):
+    for noisy in ("pymodbus", "asyncio", "nfc"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
 
 
@@ -47,7 +47,7 @@ def template_dir() -> Path:
 # --- subcommands -----------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import load_config
-    from gateway.daemon import run_daemon
+    from gateway.daemon import run_daemon  # imports nfcpy, which sets its logger's level
 
     setup_logging(max(args.verbose, 1), args.log_format)
     config = load_config(args.config, args.state_dir)
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli_card import register as register_card
 
     register_card(sub)
+
+    from readers.virtual.phone import add_cli as register_phone
+
+    register_phone(sub)
 
     b = sub.add_parser("board", help="relay boards")
     bs = b.add_subparsers(dest="sub", required=True)

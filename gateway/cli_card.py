@@ -19,7 +19,8 @@ from gateway.trust.validator import Rejection, verify_proof
 
 async def _one_card(reader_name: str, aids: tuple[bytes, ...], wait_s: float
                     ) -> CardRead | CardFailure | str:
-    from readers.pcsc import PcscReader, ReaderStatus, split_name
+    from gateway.domain import ReaderStatus
+    from readers.pcsc import PcscReader, split_name
     from readers.profile import PivCakProfile
 
     base, slot = split_name(reader_name)

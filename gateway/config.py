@@ -65,7 +65,8 @@ class BoardConfig:
 @dataclass(frozen=True)
 class DoorConfig:
     name: str
-    reader: str
+    reader: str  # PC/SC reader name without its index ("" when read over nfc)
+    nfc: str  # nfcpy device path, e.g. "usb:072f:2200" or "udp:127.0.0.1:15030" ("" if PC/SC)
     slot: int
     board: str
     relay: int
@@ -265,12 +266,17 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
 
     doors = []
     for d in top.tables("doors"):
-        d.reject_unknown({"name", "reader", "slot", "board", "relay", "energise_to_unlock",
-                          "unlock_seconds", "revocation_unknown", "crl_stale", "clock_behind"})
+        d.reject_unknown({"name", "reader", "nfc", "slot", "board", "relay",
+                          "energise_to_unlock", "unlock_seconds", "revocation_unknown",
+                          "crl_stale", "clock_behind"})
+        reader, nfc = d.text("reader", ""), d.text("nfc", "")
+        if bool(reader) == bool(nfc):
+            raise d.fail("reader", "expected exactly one of reader (a PC/SC reader name) or "
+                                   "nfc (an nfcpy device such as usb:072f:2200)")
         board = d.text("board")
         if board not in board_names:
             raise d.fail("board", f"expected the name of a [[boards]] entry, got {board!r}")
-        doors.append((d, DoorConfig(d.text("name"), d.text("reader"), d.integer("slot", 0, 15, 0),
+        doors.append((d, DoorConfig(d.text("name"), reader, nfc, d.integer("slot", 0, 15, 0),
                                     board, d.integer("relay", 0, 65535),
                                     d.boolean("energise_to_unlock", True),
                                     d.number("unlock_seconds", 0.1, 600, 5.0),
@@ -282,7 +288,7 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     _unique([(t, c.name) for t, c in doors], "door")
     seen_readers: dict[tuple[str, int], str] = {}
     for t, c in doors:
-        other = seen_readers.setdefault((c.reader, c.slot), c.name)
+        other = seen_readers.setdefault((c.reader or c.nfc, c.slot), c.name)
         if other != c.name:
             raise t.fail("reader", f"reader {c.reader!r} slot {c.slot} is already door {other!r}")
     door_names = {c.name for _, c in doors}

@@ -20,12 +20,13 @@ from door_drivers.modbus import BoardParams, ModbusRelayBoard
 from door_drivers.relay_door import RelayDoor
 from gateway.access import Policy, check_presentation, decide
 from gateway.config import Config, DoorConfig
-from gateway.domain import CardFailure, CardRead
+from gateway.domain import CardFailure, CardRead, ReaderStatus
 from gateway.errors import DoorDriverError, PortvaktError, ReaderError
 from gateway.journal import Journal
 from gateway.trust.store import load_trust_store
 from gateway.trust.validator import Rejection, TrustStore
-from readers.pcsc import PcscReader, ReaderStatus
+from readers.nfc import NfcReader
+from readers.pcsc import PcscReader
 from readers.profile import PivCakProfile
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,12 @@ class Gateway:
             await self._force_safe(door)
         profile = PivCakProfile(self.config.aids)
         for door in self.doors.values():
-            reader = PcscReader(door.config.name, door.config.reader, door.config.slot, profile)
+            reader: PcscReader | NfcReader
+            if door.config.nfc:
+                reader = NfcReader(door.config.name, door.config.nfc, profile)
+            else:
+                reader = PcscReader(door.config.name, door.config.reader, door.config.slot,
+                                    profile)
             self.tasks.append(asyncio.create_task(self._reader_loop(door, reader),
                                                   name=f"reader-{door.config.name}"))
         try:
@@ -99,7 +105,7 @@ class Gateway:
             self.journal.append("door.fault", door=door.config.name, reason="relay-unreachable",
                                 detail=str(e))
 
-    async def _reader_loop(self, door: DoorRuntime, reader: PcscReader) -> None:
+    async def _reader_loop(self, door: DoorRuntime, reader: PcscReader | NfcReader) -> None:
         backoff = 0.5
         while True:
             try:
@@ -123,7 +129,7 @@ class Gateway:
         name = door.config.name
         if isinstance(item, ReaderStatus):
             self.journal.append("reader.online" if item.online else "reader.offline", door=name,
-                                reader=item.pcsc_name, detail=item.detail)
+                                device=item.device, detail=item.detail)
             return
         if isinstance(item, CardFailure):
             self.journal.append("access.denied", door=name, reason=item.reason,

@@ -44,6 +44,17 @@ class CardFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class ReaderStatus:
+    """A reader came online or went offline. `device` is the PC/SC reader name or the nfcpy
+    device path it was found as (None when it is not there)."""
+
+    reader: str
+    online: bool
+    device: str | None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """A verified identity: `key` is canonical `type:value` (e.g. `upn:alice@example.org`)."""
 

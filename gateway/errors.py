@@ -44,6 +44,12 @@ class CardRemoved(CardError):
     reason = "card-removed"
 
 
+class CardTimeout(CardError):
+    """The credential did not finish its transaction within the reader's timeout."""
+
+    reason = "card-timeout"
+
+
 class MalformedCardData(CardError):
     """The card's answer does not parse (truncated or absurd TLV, bad certificate)."""
 

@@ -15,6 +15,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+    PrivateKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from gateway.trust.identity import UPN_OID
@@ -44,10 +49,47 @@ def _upn_der(upn: str) -> bytes:
     return b"\x0c" + bytes([len(raw)]) + raw
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private_key(path: Path, key: PrivateKeyTypes) -> None:
+    """Write `key` as unencrypted PKCS#8 PEM, mode 0600 from the moment the file exists."""
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def _ca_extensions(builder: x509.CertificateBuilder, path_length: int,
+                   key: CertificatePublicKeyTypes) -> x509.CertificateBuilder:
+    return (builder
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False))
+
+
+def make_root(name: x509.Name, now: dt.datetime) -> tuple[x509.Certificate,
+                                                          ec.EllipticCurvePrivateKey]:
+    """A self-signed EC P-384 root CA, valid ten years (pathLen 1)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1))
+               .not_valid_after(now + dt.timedelta(days=3650)))
+    return _ca_extensions(builder, 1, key.public_key()).sign(key, hashes.SHA384()), key
+
+
+def make_issuing_ca(name: x509.Name, root: x509.Certificate, root_key: ec.EllipticCurvePrivateKey,
+                    now: dt.datetime, key: CertificateIssuerPrivateKeyTypes | None = None
+                    ) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    """An issuing CA under `root`, valid five years (pathLen 0); its key EC P-256 by default."""
+    key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(root.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1))
+               .not_valid_after(now + dt.timedelta(days=1825))
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   root_key.public_key()), critical=False))
+    return _ca_extensions(builder, 0, key.public_key()).sign(root_key, hashes.SHA384()), key
 
 
 def make_demo_pki(out: Path, now: dt.datetime | None = None) -> DemoPki:
@@ -57,33 +99,11 @@ def make_demo_pki(out: Path, now: dt.datetime | None = None) -> DemoPki:
     cards_dir = out / "cards"
     cards_dir.mkdir(exist_ok=True)
 
-    root_key = ec.generate_private_key(ec.SECP384R1())
     root_name = _name("Portvakt Demo Root CA")
-    root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
-            .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()),
-                           critical=False)
-            .sign(root_key, hashes.SHA384()))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    root, root_key = make_root(root_name, now)
     ca_name = _name("Portvakt Demo Issuing CA")
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(root_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(days=1))
-          .not_valid_after(now + dt.timedelta(days=1825))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                       False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-              root_key.public_key()), critical=False)
-          .sign(root_key, hashes.SHA384()))
+    ca, ca_key = make_issuing_ca(ca_name, root, root_key, now)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
 
     def card_cert(user: str, key: ec.EllipticCurvePrivateKey, *, expired: bool = False
                   ) -> x509.Certificate:
@@ -139,8 +159,6 @@ def make_demo_pki(out: Path, now: dt.datetime | None = None) -> DemoPki:
     (out / "issuing.pem").write_bytes(ca.public_bytes(pem))
     (out / "issuing.crl").write_bytes(crl.public_bytes(serialization.Encoding.DER))
     (out / "root.crl").write_bytes(root_crl.public_bytes(serialization.Encoding.DER))
-    nopw = serialization.NoEncryption()
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    _write_private(out / "root.key", root_key.private_bytes(pem, pkcs8, nopw))
-    _write_private(out / "issuing.key", ca_key.private_bytes(pem, pkcs8, nopw))
+    write_private_key(out / "root.key", root_key)
+    write_private_key(out / "issuing.key", ca_key)
     return DemoPki(out / "root.pem", out / "issuing.pem", out / "issuing.crl", cards)

@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import nfc
@@ -27,8 +26,8 @@ import nfc.clf
 import nfc.tag
 import nfc.tag.tt4
 
-from gateway.domain import CardFailure, CardRead
-from gateway.errors import CardError, CardRemoved, ReaderError
+from gateway.domain import CardFailure, CardRead, ReaderStatus
+from gateway.errors import CardError, CardRemoved, CardTimeout, ReaderError
 from readers.profile import CardProfile
 
 log = logging.getLogger(__name__)
@@ -39,21 +38,6 @@ RETRY_MIN_S = 0.5  # reopening a frontend that failed: backoff from here ...
 RETRY_MAX_S = 10.0  # ... doubling up to here
 STOP_WAIT_S = 5.0
 HOLD_OFF_S = 1.0  # after a target whose activation failed
-
-
-class CardTimeout(CardError):
-    """The credential did not finish its transaction in time (e.g. endless S(WTX))."""
-
-    reason = "card-timeout"
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderStatus:
-    reader: str
-    online: bool
-    device: str
-    detail: str = ""
-
 
 Result = CardRead | CardFailure | ReaderStatus
 
@@ -126,16 +110,23 @@ class NfcReader:
 
     def __init__(self, name: str, device: str, profile: CardProfile, *, timeout: float = 3.0,
                  poll_interval: float = POLL_INTERVAL_S) -> None:
+        """`device` is an nfcpy path; `timeout` (seconds) bounds one transaction from detection
+        to result; `poll_interval` (seconds) is the idle sensing period. Nothing is opened
+        before `async with`; a frontend that cannot be opened is reported as ReaderStatus
+        offline and retried with backoff (0.5 s doubling to 10 s)."""
         self.name = name  # the door/printer-side name used in events
         self.device = device
         self.profile = profile
         self.timeout = timeout  # seconds from detection to the end of one transaction
         self.poll_interval = poll_interval
-        self.transaction_seconds: float | None = None  # the last ISO-DEP activation to result
+        # Diagnostics: seconds from the start of the last ISO-DEP activation (RATS) to the end of
+        # its profile exchange.
+        self.transaction_seconds: float | None = None
         self._stop = threading.Event()
         self._clf: Any = None
         self._thread: threading.Thread | None = None
         self._queue: asyncio.Queue[Result] | None = None
+        self._backoff = RETRY_MIN_S  # seconds before the next attempt to reopen the frontend
 
     async def __aenter__(self) -> NfcReader:
         loop = asyncio.get_running_loop()
@@ -189,7 +180,7 @@ class NfcReader:
     # --- worker thread -------------------------------------------------------------------
     def _run(self, post: Callable[[Result], None]) -> None:
         online: bool | None = None
-        backoff = RETRY_MIN_S
+        self._backoff = RETRY_MIN_S
         while not self._stop.is_set():
             try:
                 clf = nfc.ContactlessFrontend(self.device)
@@ -197,31 +188,34 @@ class NfcReader:
                 if online is not False:
                     post(ReaderStatus(self.name, False, self.device, f"cannot open: {e}"))
                     online = False
-                if self._stop.wait(backoff):
-                    return
-                backoff = min(backoff * 2, RETRY_MAX_S)
+                self._back_off()
                 continue
             self._clf = clf
             post(ReaderStatus(self.name, True, self.device, str(clf)))
             online = True
-            backoff = RETRY_MIN_S
             try:
                 self._poll(clf, post)
             except Exception as e:  # the frontend failed (unplugged, I/O error): reopen it
                 log.warning("reader %s: frontend failed: %s", self.name, e)
                 post(ReaderStatus(self.name, False, self.device, f"frontend failed: {e}"))
                 online = False
-                self._stop.wait(backoff)
+                self._back_off()
             finally:
                 self._clf = None
                 with contextlib.suppress(Exception):
                     clf.close()
+
+    def _back_off(self) -> None:
+        """Wait before reopening the frontend, longer each time it fails in a row."""
+        self._stop.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, RETRY_MAX_S)
 
     def _poll(self, clf: Any, post: Callable[[Result], None]) -> None:
         """Sense, read, wait for the target to leave; returns when asked to stop."""
         while not self._stop.is_set():
             started = time.monotonic()
             target = clf.sense(nfc.clf.RemoteTarget("106A"), iterations=1)
+            self._backoff = RETRY_MIN_S  # the frontend works
             if target is None or self._stop.is_set():
                 self._stop.wait(max(0.0, self.poll_interval - (time.monotonic() - started)))
                 continue
@@ -241,6 +235,7 @@ class NfcReader:
                      ) -> tuple[CardRead | CardFailure | None, Any]:
         """Activate and run the profile; (result or None, the tag to watch or None)."""
         frontend.deadline = detected + self.timeout
+        started = time.monotonic()
         try:
             tag = nfc.tag.activate(frontend, target)
         except Exception as e:  # a malformed ATS trips nfcpy's parsing (IndexError)
@@ -252,7 +247,6 @@ class NfcReader:
             frontend.deadline = None
             return self._failure(CardError(f"not an ISO-DEP credential: {tag.type}"), detected,
                                  "not-piv"), tag
-        activated = time.monotonic()
         try:
             result = self.profile.run(NfcConnection(tag, frontend))
         except CardError as e:
@@ -264,8 +258,8 @@ class NfcReader:
             return self._failure(e, detected, "reader-error"), tag
         finally:
             frontend.deadline = None
-            self.transaction_seconds = time.monotonic() - activated
-        log.debug("reader %s: PKI-CAK over ISO-DEP in %.1f ms", self.name,
+            self.transaction_seconds = time.monotonic() - started
+        log.debug("reader %s: ISO-DEP activation and PKI-CAK in %.1f ms", self.name,
                   self.transaction_seconds * 1000)
         return CardRead(self.name, result.certificates, result.challenge, result.signature,
                         result.scheme, self.transport, result.aid, detected), tag

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from smartcard import scard
 
-from gateway.domain import CardFailure, CardRead
+from gateway.domain import CardFailure, CardRead, ReaderStatus
 from gateway.errors import CardError, CardRemoved, ReaderError
 from readers.profile import CardProfile
 
@@ -85,14 +85,6 @@ class PcscConnection:
             # broke (vpcd reports a card pulled away this way, before pcscd sees it absent).
             raise CardRemoved("the card stopped answering mid-transaction (no status word)")
         return bytes(resp[:-2]), (resp[-2] << 8) | resp[-1]
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderStatus:
-    reader: str
-    online: bool
-    pcsc_name: str | None
-    detail: str = ""
 
 
 Result = CardRead | CardFailure | ReaderStatus

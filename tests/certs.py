@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
 
 from gateway.pki_demo import PIV_CARD_AUTH_EKU
+from gateway.rig.crlgen import encode_oid
 from gateway.trust.identity import UPN_OID
 
 __all__ = [
@@ -391,13 +392,4 @@ def _der(tag: int, body: bytes) -> bytes:
 
 
 def _der_oid(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    body = b""
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        body += bytes(reversed(chunk))
-    return _der(0x06, body)
+    return encode_oid(dotted)

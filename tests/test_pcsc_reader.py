@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from gateway.domain import CardFailure, CardRead
+from gateway.domain import CardFailure, CardRead, ReaderStatus
 from gateway.errors import ReaderError
 from gateway.pki_demo import MOBILE_AID, DemoPki
 from gateway.rig.pcsc import PcscRig
-from readers.pcsc import PcscReader, ReaderStatus, list_readers, resolve_reader, split_name
+from readers.pcsc import PcscReader, list_readers, resolve_reader, split_name
 from readers.piv import PIV_AID
 from readers.profile import PivCakProfile
 

@@ -14,15 +14,17 @@ Odd entries (negative serials, critical unknown extensions, odd encodings) go in
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
+
+from gateway.pki_demo import make_issuing_ca, make_root, write_private_key
 
 IssuerKey = (ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
              | ed448.Ed448PrivateKey)
@@ -298,14 +300,6 @@ def _name(cn: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _write_private(path: Path, key: IssuerKey | ec.EllipticCurvePrivateKey) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def make_ca(directory: Path | None = None, *, key: IssuerKey | None = None,
             root: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
             now: dt.datetime | None = None) -> tuple[x509.Certificate, IssuerKey]:
@@ -315,38 +309,15 @@ def make_ca(directory: Path | None = None, *, key: IssuerKey | None = None,
     and, mode 0600, root.key and issuing.key there.
     """
     now = now or dt.datetime.now(dt.UTC)
-    key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
-    if root is None:
-        root_key = ec.generate_private_key(ec.SECP384R1())
-        root_name = _name("Portvakt rig CRL root")
-        root_cert = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
-                     .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - dt.timedelta(days=1))
-                     .not_valid_after(now + dt.timedelta(days=3650))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-                     .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
-                                                  False, False), critical=True)
-                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()),
-                                    critical=False)
-                     .sign(root_key, hashes.SHA384()))
-        root = (root_cert, root_key)
-    root_cert, root_key = root
-    cert = (x509.CertificateBuilder().subject_name(_name("Portvakt rig CRL issuing CA"))
-            .issuer_name(root_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1825))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                           critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
-                           critical=False)
-            .sign(root_key, hashes.SHA384()))
+    root_cert, root_key = root or make_root(_name("Portvakt rig CRL root"), now)
+    cert, issuing_key = make_issuing_ca(_name("Portvakt rig CRL issuing CA"), root_cert, root_key,
+                                        now, key)
+    key = cast(IssuerKey, issuing_key)
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
         pem = serialization.Encoding.PEM
         (directory / "root.pem").write_bytes(root_cert.public_bytes(pem))
         (directory / "issuing.pem").write_bytes(cert.public_bytes(pem))
-        _write_private(directory / "root.key", root_key)
-        _write_private(directory / "issuing.key", key)
+        write_private_key(directory / "root.key", root_key)
+        write_private_key(directory / "issuing.key", key)
     return cert, key

@@ -172,8 +172,9 @@ def _local_target() -> Any:
 
 
 def _session(clf: Any, rats: bytes, applet: PivApplet, options: PhoneOptions,
-             leave_after: int | None) -> str:
-    """One tap, from RATS to leaving the field; returns how it ended."""
+             leave_after: int | None) -> tuple[str, bool]:
+    """One activation, from RATS to leaving the field: (how it ended, whether any command
+    APDU arrived)."""
     import nfc.clf
 
     card = IsoDepCard(fsci=options.fsci, fwi=options.fwi)
@@ -182,39 +183,42 @@ def _session(clf: Any, rats: bytes, applet: PivApplet, options: PhoneOptions,
     leave_at: float | None = None
     leaving = False
     while True:
+        used = leave_at is not None or leaving
         timeout = IDLE_S
         if leave_at is not None:
             timeout = min(timeout, leave_at - time.monotonic())
             if timeout <= 0:
-                return "taken away"
+                return "taken away", True
         try:
             block = clf.exchange(out, timeout)
         except nfc.clf.TimeoutError:
-            return "taken away" if leave_at is not None else "reader silent"
+            return ("taken away" if leave_at is not None else "reader silent"), used
         except nfc.clf.BrokenLinkError:
-            return "reader field off"
+            return "reader field off", used
         except nfc.clf.CommunicationError:
             out = None  # a garbled datagram: stay mute, the reader recovers
             continue
         got = card.receive(bytes(block or b""))
         if isinstance(got, Apdu):
             if leaving:
-                return "left mid-transaction"
+                return "left mid-transaction", True
             try:
                 response = applet.process(got.data)
-            except (Leave, Stall):
-                return "left mid-transaction"
+            except Leave:
+                return "left mid-transaction", True
+            except Stall:  # over ISO-DEP silence reads as gone: the reader's NAKs go unanswered
+                return "stalled", True
             ins = got.data[1] if len(got.data) > 1 else None
             if ins == leave_after:
                 leaving = True
             if options.latency and ins == 0x87 and not _wait_with_wtx(clf, card, options.latency):
-                return "reader gone during WTX"
+                return "reader gone during WTX", True
             got = card.respond(response)
             leave_at = time.monotonic() + options.dwell
         out = got
         if card.deselected:
             clf.exchange(out, 0)  # send the S(DESELECT) response, expect nothing
-            return "deselected"
+            return "deselected", used
 
 
 def _wait_with_wtx(clf: Any, card: IsoDepCard, seconds: float) -> bool:
@@ -282,7 +286,12 @@ def serve(port: int, card_path: Path, *, host: str = "127.0.0.1", taps: int | No
                 if target is None and time.monotonic() - began < LISTEN_S / 2:
                     time.sleep(0.05)
                 continue
-            ended = _session(clf, rats, applet, opts, opts.leave_after if done == 0 else None)
+            ended, used = _session(clf, rats, applet, opts, opts.leave_after if done == 0 else None)
+            if not used:
+                # The reader dropped us before any command (e.g. our ATS missed nfcpy's 30 ms):
+                # still in the field, so wait to be activated again rather than count a tap.
+                log.info("session ended before any command (%s)", ended)
+                continue
             done += 1
             log.info("tap %d: %s", done, ended)
             if (taps is None or done < taps) and opts.away > 0:
@@ -304,7 +313,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the reader's nfcpy device is udp:HOST:PORT")
     p.add_argument("--card", type=Path, required=True, metavar="CARDFILE")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--taps", type=int, metavar="N", help="present N times, then exit (default: "
+    p.add_argument("--taps", type=_count, metavar="N", help="present N times, then exit (default: "
                    "until stopped)")
     p.add_argument("--dwell", type=_positive, default=PhoneOptions().dwell,
                    help="seconds held to the reader after the last answer")
@@ -316,10 +325,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test: on the first tap, leave the field after answering this command")
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a count >= 1")
+    return value
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    verbose = getattr(args, "verbose", 0)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO if getattr(args, "verbose", 0) else logging.WARNING,
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
+    # nfcpy sets its own logger to INFO on import, which bypasses the root level.
+    logging.getLogger("nfc").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     return serve(args.udp, args.card, host=args.host, taps=args.taps, leave_after=args.leave_after,
                  options=PhoneOptions(dwell=args.dwell, away=args.away, latency=args.latency))
 
