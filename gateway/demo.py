@@ -118,11 +118,14 @@ def _scenario(n: Narrator, cfg: Config, config_file: Path, work: Path, state: Pa
     pki = make_demo_pki(state / "pki")
     n.note("demo PKI written: root CA -> issuing CA -> card certificates; CRL revokes Bob's card")
 
-    readers = [d.reader for d in cfg.doors]
+    readers = [d.reader for d in cfg.doors if d.reader]
     pcsc = PcscRig.start(work / "pcsc", readers)
     stack.append(pcsc.stop)
     os.environ["PCSCLITE_CSOCK_NAME"] = str(pcsc.socket)
     n.note(f"pcscd started with virtual readers {', '.join(readers)} (vpcd)")
+    for d in cfg.doors:
+        if d.nfc:
+            n.note(f"door {d.name} reads phones over NFC ({d.nfc}, nfcpy's udp driver)")
 
     board_cfg = cfg.boards[0]
     if port_open(board_cfg.port):
@@ -139,24 +142,33 @@ def _scenario(n: Narrator, cfg: Config, config_file: Path, work: Path, state: Pa
                         work / "daemon.log", env={**os.environ})
     stack.append(daemon.stop)
     watch = JournalWatch(state / "portvakt.db", cfg.gateway_id, daemon)
-    for _ in readers:
+    for _ in cfg.doors:
         watch.wait(lambda e: e.kind == "reader.online", "the gateway to see its readers")
     n.good(f"gateway {cfg.gateway_id} running; relays forced locked at start; readers online")
 
     doors = {d.name: d for d in cfg.doors}
-    front = doors["front"]
+    front, lab = doors["front"], doors["lab"]
     scenes = [
         ("alice", front, "Alice presents her card at the front door"),
         ("bob", front, "Bob presents his card, revoked yesterday, at the front door"),
         ("mallory", front, "Mallory presents a card carrying a copy of Alice's certificate"),
         ("dave", front, "Dave presents his card, which expired last month"),
-        ("carol", front, "Carol taps her phone (mobile credential, its own AID) on the reader"),
+        ("carol", lab, "Carol taps her phone (mobile credential, its own AID) on the lab door's "
+                       "NFC reader"),
     ]
     ok = True
     for card, door, text in scenes:
         n.step(text)
         writes_before = len(board.writes())
-        pcsc.insert(door.reader, pki.cards[card])
+        phone = None
+        if door.nfc:
+            port = door.nfc.rsplit(":", 1)[1]
+            phone = RigProcess("phone", [sys.executable, "-m", "gateway.cli", "phone", "serve",
+                                         "--udp", port, "--card", str(pki.cards[card]),
+                                         "--taps", "1"], work / "phone.log")
+            stack.append(phone.stop)
+        else:
+            pcsc.insert(door.reader, pki.cards[card])
         ev = watch.wait(functools.partial(_is_decision_at, door.name),
                         f"a decision at door {door.name}")
         ms = ev.data.get("decision_ms")
@@ -173,7 +185,10 @@ def _scenario(n: Narrator, cfg: Config, config_file: Path, work: Path, state: Pa
             if len(board.writes()) != writes_before:
                 n.bad("…but the relay moved: this is a bug")
                 ok = False
-        pcsc.remove(door.reader, wait=True)
+        if phone is not None:
+            phone.stop()
+        else:
+            pcsc.remove(door.reader, wait=True)
 
     n.step("The journal (SQLite, on disk), as head office will receive it")
     with contextlib.closing(sqlite3.connect(state / "portvakt.db")) as conn:

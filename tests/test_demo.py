@@ -1,0 +1,23 @@
+"""`make demo` keeps working: the whole scenario, as a newcomer sees it, exits 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import repo_root
+
+
+def test_the_demo_plays_its_scenario_and_stops_everything():
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "demo"], capture_output=True,
+                       text=True, timeout=120, cwd=repo_root())
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    assert "granted to p-alice" in out and "relay coil 0 on, then off" in out
+    assert "refused (revoked)" in out and "refused (proof-failed)" in out
+    assert "refused (expired)" in out
+    assert "granted to p-carol" in out and "lab door's NFC reader" in out
+    assert "relay coil 1 on, then off" in out
+    assert out.rstrip().endswith("done")
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "door_drivers.simulator" not in ps and "phone serve" not in ps
