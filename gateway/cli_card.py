@@ -11,7 +11,9 @@ from typing import Any
 
 from gateway.access import PROOF_FAILED, check_presentation
 from gateway.cli_trust import add_trust_options, build_store
-from gateway.config import PIV_AID_HEX
+from gateway.config import PIV_AID_HEX, Config
+from gateway.control import request
+from gateway.daemon import read_from_json
 from gateway.domain import CardFailure, CardRead
 from gateway.errors import InputError
 from gateway.trust.validator import Rejection, verify_proof
@@ -41,11 +43,31 @@ async def _one_card(reader_name: str, aids: tuple[bytes, ...], wait_s: float
             return f"no card presented at {reader_name!r} within {wait_s:g} s"
 
 
+def _via_daemon(cfg: Config, args: argparse.Namespace) -> CardRead | CardFailure | None:
+    """The next presentation at the reader, through a running daemon's control API; None when
+    no daemon answers (then the reader is free to read directly)."""
+    try:
+        ans = request(cfg.state_dir / "control.sock",
+                      {"id": 1, "cmd": "card.check", "reader": args.reader,
+                       "timeout": args.timeout}, timeout=args.timeout + 5)
+    except (ConnectionError, OSError):
+        return None
+    if not ans.get("ok"):
+        raise InputError(f"the running daemon: {ans.get('error')}")
+    if "failure" in ans:
+        f = ans["failure"]
+        return CardFailure(args.reader, f["reason"], f["detail"], f["transport"], 0.0)
+    return read_from_json(ans["read"])
+
+
 def cmd_card_check(args: argparse.Namespace) -> int:
     store, cfg, explicit = build_store(args)
     aids = cfg.aids if cfg is not None else (bytes.fromhex(PIV_AID_HEX),)
-    got = asyncio.run(_one_card(args.reader, aids, args.timeout))
-    out: dict[str, Any] = {"reader": args.reader}
+    from_daemon = _via_daemon(cfg, args) if cfg is not None else None
+    via = from_daemon is not None
+    got = (from_daemon if from_daemon is not None
+           else asyncio.run(_one_card(args.reader, aids, args.timeout)))
+    out: dict[str, Any] = {"reader": args.reader, "via_daemon": via}
     if isinstance(got, str):
         raise InputError(got)
     if isinstance(got, CardFailure):
@@ -80,7 +102,11 @@ def cmd_card_check(args: argparse.Namespace) -> int:
                        ms=round((time.monotonic() - got.detected_at) * 1000, 1))
     if args.json:
         print(json.dumps(out, indent=2))
-    elif out["valid"] and out["identity"] is None:
+        return 0 if out["valid"] else 1
+    if via:
+        print(f"(read through the running gateway daemon, which holds {args.reader!r}; the "
+              "presentation also counted as a badge at its door)")
+    if out["valid"] and out["identity"] is None:
         accepts = (f"profile {out['profile']} would accept it" if out["profile"]
                    else "no configured profile would accept it")
         print(f"{args.reader}: PATH AND PROOF VALID  revocation={out['revocation']}; {accepts} "

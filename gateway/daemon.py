@@ -20,13 +20,14 @@ from door_drivers.modbus import BoardParams, ModbusRelayBoard
 from door_drivers.relay_door import RelayDoor
 from gateway.access import Policy, check_presentation, decide
 from gateway.config import Config, DoorConfig
-from gateway.domain import CardFailure, CardRead, ReaderStatus
+from gateway.control import CommandError, ControlServer
+from gateway.domain import CardFailure, CardRead, ProofScheme, ReaderStatus
 from gateway.errors import DoorDriverError, PortvaktError, ReaderError
 from gateway.journal import Journal
 from gateway.trust.store import load_trust_store
-from gateway.trust.validator import Rejection, TrustStore
+from gateway.trust.validator import Rejection, TrustStore, Validated
 from readers.nfc import NfcReader
-from readers.pcsc import PcscReader
+from readers.pcsc import PcscReader, split_name
 from readers.profile import PivCakProfile
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class DoorRuntime:
     driver: RelayDoor
     pulse: asyncio.Task[None] | None = None
     faulted: str | None = None
+    reader_online: bool | None = None
+    # control-API `card.check` callers waiting for this door's next presentation
+    waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Gateway:
     boards: dict[str, ModbusRelayBoard]
     doors: dict[str, DoorRuntime]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    control: ControlServer | None = None
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
@@ -80,6 +85,10 @@ class Gateway:
                 self.journal.append("board.fault", reason="unreachable", board=name, detail=str(e))
         for door in self.doors.values():
             await self._force_safe(door)
+        self.control = ControlServer(self.config.state_dir / "control.sock",
+                                     {"status": self._cmd_status,
+                                      "card.check": self._cmd_card_check})
+        await self.control.start()
         profile = PivCakProfile(self.config.aids)
         for door in self.doors.values():
             reader: PcscReader | NfcReader
@@ -128,12 +137,15 @@ class Gateway:
                               item: CardRead | CardFailure | ReaderStatus) -> None:
         name = door.config.name
         if isinstance(item, ReaderStatus):
+            door.reader_online = item.online
             self.journal.append("reader.online" if item.online else "reader.offline", door=name,
                                 device=item.device, detail=item.detail)
             return
         if isinstance(item, CardFailure):
             self.journal.append("access.denied", door=name, reason=item.reason,
                                 detail=item.detail, transport=item.transport)
+            self._tell_waiters(door, {"failure": {"reason": item.reason, "detail": item.detail,
+                                                  "transport": item.transport}})
             return
         verdict = check_presentation(self.trust, item, time.time())
         decision = decide(self.policy, verdict, name, door.config.stance)
@@ -155,8 +167,57 @@ class Gateway:
             fields["alarms"] = alarms
         self.journal.append("access.granted" if decision.granted else "access.denied",
                             door=name, person=decision.person, reason=decision.reason, **fields)
+        self._tell_waiters(door, {"read": read_to_json(item), "verdict": verdict_to_json(verdict),
+                                  "decision": {"granted": decision.granted,
+                                               "reason": decision.reason}})
         log.info("door %s: %s (%s) in %.1f ms", name,
                  "granted" if decision.granted else "denied", decision.reason, elapsed_ms)
+
+    def _tell_waiters(self, door: DoorRuntime, result: dict[str, Any]) -> None:
+        waiters, door.waiters = door.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(result)
+
+    # --- control API ----------------------------------------------------------------------
+    async def _cmd_status(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        return {"gateway": self.config.gateway_id, "site": self.config.site,
+                "doors": [{"name": d.config.name, "reader": d.config.reader or None,
+                           "nfc": d.config.nfc or None, "reader_online": d.reader_online,
+                           "faulted": d.faulted,
+                           "unlocked": d.pulse is not None and not d.pulse.done()}
+                          for d in self.doors.values()],
+                "journal_fault": self.journal.fault}
+
+    async def _cmd_card_check(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        door = self._door_for(msg)
+        wait_s = msg.get("timeout", 30)
+        if not isinstance(wait_s, int | float) or not 0 < wait_s <= 300:
+            raise CommandError("timeout: expected seconds, 0 < timeout <= 300")
+        self.journal.append("control.card-check", door=door.config.name, user=user)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        door.waiters.append(fut)
+        try:
+            result = await asyncio.wait_for(fut, wait_s)
+        except TimeoutError:
+            raise CommandError(f"no card presented at door {door.config.name!r} within "
+                               f"{wait_s:g} s") from None
+        finally:
+            if fut in door.waiters:
+                door.waiters.remove(fut)
+        return {"door": door.config.name, **result}
+
+    def _door_for(self, msg: dict[str, Any]) -> DoorRuntime:
+        name, reader = msg.get("door"), msg.get("reader")
+        if isinstance(name, str) and name in self.doors:
+            return self.doors[name]
+        if isinstance(reader, str):
+            base, slot = split_name(reader)
+            for d in self.doors.values():
+                if (d.config.reader, d.config.slot) == (base, slot) or d.config.nfc == reader:
+                    return d
+            raise CommandError(f"no door of this gateway reads at {reader!r}")
+        raise CommandError("expected door (a door name) or reader (a reader name)")
 
     async def _pulse(self, door: DoorRuntime) -> None:
         name = door.config.name
@@ -168,6 +229,8 @@ class Gateway:
             self.journal.append("door.fault", door=name, reason="relay-unreachable", detail=str(e))
 
     async def shutdown(self) -> None:
+        if self.control is not None:
+            await self.control.close()
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -185,6 +248,29 @@ class Gateway:
         self.journal.append("gateway.stopped")
         self.journal.flush()
         self.journal.close()
+
+
+def read_to_json(read: CardRead) -> dict[str, Any]:
+    return {"reader": read.reader, "certificates": [c.hex() for c in read.certificates],
+            "challenge": read.challenge.hex(), "signature": read.signature.hex(),
+            "scheme": read.scheme.value, "transport": read.transport, "aid": read.aid.hex(),
+            "ms": round((time.monotonic() - read.detected_at) * 1000, 2)}
+
+
+def read_from_json(doc: dict[str, Any]) -> CardRead:
+    return CardRead(str(doc["reader"]), tuple(bytes.fromhex(c) for c in doc["certificates"]),
+                    bytes.fromhex(doc["challenge"]), bytes.fromhex(doc["signature"]),
+                    ProofScheme(doc["scheme"]), str(doc["transport"]), bytes.fromhex(doc["aid"]),
+                    time.monotonic() - float(doc["ms"]) / 1000)
+
+
+def verdict_to_json(verdict: Validated | Rejection) -> dict[str, Any]:
+    if isinstance(verdict, Rejection):
+        return {"valid": False, "reason": verdict.reason, "detail": verdict.detail,
+                "position": verdict.position}
+    return {"valid": True, "identity": verdict.identity.key, "profile": verdict.profile,
+            "revocation": verdict.revocation, "crl_age_s": verdict.crl_age,
+            "clock_behind": verdict.clock_behind}
 
 
 async def run_daemon(config: Config) -> int:

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures_board",
     "tests.fixtures_mqtt",
     "tests.fixtures_cups",
+    "tests.fixtures_daemon",
 ]
 
 
