@@ -22,12 +22,12 @@ from gateway.access import Policy, check_presentation, decide
 from gateway.config import Config, DoorConfig
 from gateway.control import CommandError, ControlServer
 from gateway.domain import CardFailure, CardRead, ProofScheme, ReaderStatus
-from gateway.errors import DoorDriverError, PortvaktError, ReaderError
+from gateway.errors import ConfigError, DoorDriverError, PortvaktError, ReaderError
 from gateway.journal import Journal
 from gateway.trust.store import load_trust_store
 from gateway.trust.validator import Rejection, TrustStore, Validated
 from readers.nfc import NfcReader
-from readers.pcsc import PcscReader, split_name
+from readers.pcsc import PcscReader, list_readers, resolve_reader, split_name
 from readers.profile import PivCakProfile
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,25 @@ class Gateway:
         self.journal.close()
 
 
+def check_reader_mapping(config: Config) -> None:
+    """Refuse to start when a door's reader name matches more than one PC/SC reader: the wrong
+    door must never open. (A reader that is not there yet is fine: it is awaited.)"""
+    if config.pcsc_socket is not None:
+        os.environ["PCSCLITE_CSOCK_NAME"] = str(config.pcsc_socket)
+    try:
+        names = list_readers()
+    except ReaderError as e:
+        log.warning("cannot list PC/SC readers at start (%s); doors wait for them", e)
+        return
+    for door in config.doors:
+        if door.reader:
+            try:
+                resolve_reader(names, door.reader, door.slot)
+            except ReaderError as e:
+                raise ConfigError(str(config.file), f"doors ({door.name}).reader",
+                                  f"a name that matches one reader: {e}") from e
+
+
 def read_to_json(read: CardRead) -> dict[str, Any]:
     return {"reader": read.reader, "certificates": [c.hex() for c in read.certificates],
             "challenge": read.challenge.hex(), "signature": read.signature.hex(),
@@ -279,6 +298,7 @@ async def run_daemon(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        check_reader_mapping(config)
         gateway = Gateway.build(config)
     except PortvaktError as e:
         log.error("%s", e)

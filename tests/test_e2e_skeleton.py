@@ -48,3 +48,26 @@ def test_sigterm_leaves_relays_safe_and_the_journal_closed(daemon: Daemon):
     assert daemon.proc.popen.wait(15) == 0, daemon.proc.log_tail()
     assert daemon.events("gateway.stopped")
     assert mbpoll_read(daemon.board.port, "coils")[3] == 0
+
+
+def test_an_ambiguous_reader_name_stops_the_daemon_at_start(tmp_path, demo_pki):
+    """Two PC/SC readers named alike (pcscd 1.9.9 names both "Twin 00 00"): a door configured for
+    "Twin" could be either, so the daemon refuses to start (the wrong door must never open)."""
+    import subprocess
+    import sys
+
+    from gateway.rig.pcsc import PcscRig
+    from tests.fixtures_daemon import write_config
+
+    twins = PcscRig.start(tmp_path / "twins", ["Twin", "Twin"])  # a pcscd of its own
+    try:
+        cfg = tmp_path / "amb.toml"
+        write_config(cfg, demo_pki, 1502, twins.socket)
+        cfg.write_text(cfg.read_text().replace('reader = "Door0"', 'reader = "Twin"'))
+        r = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg),
+                            "--state-dir", str(tmp_path / "s")], capture_output=True, text=True,
+                           timeout=30)
+    finally:
+        twins.stop()
+    assert r.returncode == 2, r.stderr
+    assert "doors (front).reader" in r.stderr and "is ambiguous: Twin 00 00, Twin" in r.stderr

@@ -131,3 +131,22 @@ def test_a_gzip_bomb_certificate_is_refused():
     obj = tlv(0x53, tlv(0x70, bomb) + tlv(0x71, b"\x01"))
     with pytest.raises(MalformedCardData, match="longer than"):
         parse_certificate_object(obj)
+
+
+def test_p384_card_gets_a_48_byte_challenge(demo_pki: DemoPki, tmp_path: Path):
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = read_card(demo_pki.cards["alice"]).certificate.subject
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(2)
+            .not_valid_before(dt.datetime(2020, 1, 1)).not_valid_after(dt.datetime(2040, 1, 1))
+            .sign(key, hashes.SHA384()))
+    path = tmp_path / "p384.card.json"
+    write_card(path, "p384", cert, key)
+    r = run(path)
+    assert len(r.challenge) == 48 and r.scheme is ProofScheme.ECDSA_PREHASHED
+    assert verify_proof(cert, r.challenge, r.signature, r.scheme)

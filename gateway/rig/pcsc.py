@@ -49,7 +49,9 @@ class PcscRig:
         ports: dict[str, int] = {}
         for i, name in enumerate(readers):
             port = free_port_pair()
-            ports[name] = port
+            # Two readers may share a name (pcscd then tells them apart by index only): the
+            # second is kept as "name~1" here; its FRIENDLYNAME stays `name`.
+            ports[name if name not in ports else f"{name}~{i}"] = port
             lib = drivers / f"libifdvpcd-{i}.so"
             shutil.copy(VPCD_DRIVER, lib)
             (conf / f"reader{i}").write_text(
