@@ -293,29 +293,26 @@ class ModbusRelayBoard:
 
         Raises BoardUnreachable or DoorDriverError (a range the board does not have, too).
         """
-        _check_range("coil", first, count)
-        unit = self.params.unit
-        response = await self.bus.request(
-            self.name, f"read coils {first}..{first + count - 1}",
-            lambda c: c.read_coils(first, count=count, device_id=unit))
-        return self._bits(response, count, "coils")
+        return await self._read_bits("coil", first, count)
 
     async def read_inputs(self, first: int, count: int) -> tuple[bool, ...]:
         """States of discrete inputs first .. first+count-1, in one request (True: active).
 
         Raises BoardUnreachable or DoorDriverError (a range the board does not have, too).
         """
-        _check_range("input", first, count)
+        return await self._read_bits("input", first, count)
+
+    async def _read_bits(self, kind: str, first: int, count: int) -> tuple[bool, ...]:
+        """One read of coils (kind "coil") or discrete inputs ("input")."""
+        _check_range(kind, first, count)
         unit = self.params.unit
         response = await self.bus.request(
-            self.name, f"read inputs {first}..{first + count - 1}",
-            lambda c: c.read_discrete_inputs(first, count=count, device_id=unit))
-        return self._bits(response, count, "inputs")
-
-    def _bits(self, response: Any, count: int, what: str) -> tuple[bool, ...]:
+            self.name, f"read {kind}s {first}..{first + count - 1}",
+            lambda c: (c.read_coils if kind == "coil" else c.read_discrete_inputs)(
+                first, count=count, device_id=unit))
         bits = list(getattr(response, "bits", []) or [])
         if len(bits) < count:  # answers are padded to whole bytes, never short
-            raise DoorDriverError(f"{self.name}: asked for {count} {what}, got {len(bits)}")
+            raise DoorDriverError(f"{self.name}: asked for {count} {kind}s, got {len(bits)}")
         return tuple(bool(b) for b in bits[:count])
 
     async def __aenter__(self) -> ModbusRelayBoard:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.domain import CardRead, ProofScheme
 from gateway.errors import InputError, MalformedCardData, NotACredential
@@ -57,20 +59,21 @@ def test_mobile_credential_answers_its_own_aid_only(demo_pki: DemoPki):
     assert run(demo_pki.cards["carol"], aids=(PIV_AID, MOBILE_AID)).aid == MOBILE_AID
 
 
-def test_rsa_card_signs_a_pkcs1_block(demo_pki: DemoPki, tmp_path: Path):
-    key = rsa.generate_private_key(65537, 2048)
-    alice = read_card(demo_pki.cards["alice"])
-    # Certificate/key mismatch does not matter to the card; use a self-made RSA cert instead.
-    import datetime as dt
-
-    from cryptography.hazmat.primitives import hashes
-    name = alice.certificate.subject
+def self_signed_card(tmp_path: Path, key, hash_: hashes.SHA256 | hashes.SHA384):
+    """A card file whose certificate is self-signed with `key` (the card never checks it)."""
+    name = x509.Name.from_rfc4514_string("CN=Test card")
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1)
             .not_valid_before(dt.datetime(2020, 1, 1)).not_valid_after(dt.datetime(2040, 1, 1))
-            .sign(key, hashes.SHA256()))
-    path = tmp_path / "rsa.card.json"
-    write_card(path, "rsa", cert, key)
+            .sign(key, hash_))
+    path = tmp_path / "self-signed.card.json"
+    write_card(path, "test", cert, key)
+    return path, cert
+
+
+def test_rsa_card_signs_a_pkcs1_block(tmp_path: Path):
+    path, cert = self_signed_card(tmp_path, rsa.generate_private_key(65537, 2048),
+                                  hashes.SHA256())
     r = run(path)
     assert r.scheme is ProofScheme.RSA_PKCS1_SHA256
     assert verify_proof(cert, r.challenge, r.signature, r.scheme)
@@ -133,20 +136,9 @@ def test_a_gzip_bomb_certificate_is_refused():
         parse_certificate_object(obj)
 
 
-def test_p384_card_gets_a_48_byte_challenge(demo_pki: DemoPki, tmp_path: Path):
-    import datetime as dt
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = read_card(demo_pki.cards["alice"]).certificate.subject
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(2)
-            .not_valid_before(dt.datetime(2020, 1, 1)).not_valid_after(dt.datetime(2040, 1, 1))
-            .sign(key, hashes.SHA384()))
-    path = tmp_path / "p384.card.json"
-    write_card(path, "p384", cert, key)
+def test_p384_card_gets_a_48_byte_challenge(tmp_path: Path):
+    path, cert = self_signed_card(tmp_path, ec.generate_private_key(ec.SECP384R1()),
+                                  hashes.SHA384())
     r = run(path)
     assert len(r.challenge) == 48 and r.scheme is ProofScheme.ECDSA_PREHASHED
     assert verify_proof(cert, r.challenge, r.signature, r.scheme)
