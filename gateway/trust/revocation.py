@@ -29,7 +29,7 @@ from typing import Any, cast
 import numpy as np
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from gateway.errors import TrustError
@@ -143,10 +143,8 @@ def _verify_signature(cert: x509.Certificate, scan: CrlScan) -> bool:
             key.verify(scan.signature, tbs, ec.ECDSA(h))
         elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
             key.verify(scan.signature, tbs)
-        elif isinstance(key, dsa.DSAPublicKey):
-            return False
         else:
-            return False
+            return False  # DSA and anything else: not an algorithm we accept for CRLs
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
