@@ -4,6 +4,8 @@
     await board.connect()
     await board.write_coil(0, True)
     inputs = await board.read_inputs(0, 8)
+    await board.pulse_coil(0, 3.0)      # the board turns coil 0 off by itself after 3 s
+    await board.set_watchdog(10)        # the board drops every coil after 10 s of silence
 
 Every failure leaves here as `BoardUnreachable` (no connection, no answer in time) or
 `DoorDriverError` (the board answered with a Modbus exception, or something else went wrong),
@@ -24,8 +26,23 @@ How the bus is used:
   disconnected it makes one connect attempt, bounded by `timeout`, and reports failure at once.
   After a request fails, the connection is dropped, so a late answer can never be taken for the
   answer to a later request; the next request connects afresh.
+- RTU frames are kept apart by the 3.5-character silence the standard requires (`frame_gap()`,
+  counted from the end of the previous answer): the async pymodbus client does not do it (only
+  its sync client does), and a fast gateway would otherwise send the next request ~0.3 ms after
+  an answer, which a strict board reads as the tail of the previous frame.
 - `retries=0`: one attempt per request, so a dead board is reported after `timeout`, not after
   (retries + 1) * timeout. Retrying is the caller's decision (RelayDoor retries a relock).
+
+Board timers, as Waveshare or Eletechsup relay boards have them in firmware (vendors' addresses
+differ: this is the map Portvakt speaks and `door_drivers.simulator` implements; whether a board
+has them is configuration):
+- `PULSE_BASE + n` (0x0100 + n, coils 0..255): timed pulse ("flash on"). Writing v (1..65535, in
+  units of 0.1 s) turns coil n on at once and the board turns it off after v * 0.1 s; a later pulse
+  restarts the timer, a plain coil write cancels it, writing 0 cancels it and turns the coil off.
+  Reading gives the time left (0.1 s units, 0 when none).
+- `WATCHDOG` (0x0200): communication-loss watchdog, in seconds (0 = off). When no request for the
+  unit arrived for that long, the board de-energises every coil. It stays armed.
+A board without them answers Modbus exception 1 or 2: `DoorDriverError` saying so.
 
 pymodbus 3.11 pitfalls met here:
 - `execute()` turns the caller's `CancelledError` into `ModbusIOException("Request cancelled
@@ -63,9 +80,21 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+PULSE_BASE = 0x0100
+"""Holding register of coil 0's timed pulse; coil n's is PULSE_BASE + n (value: 0.1 s units)."""
+PULSE_COILS = 256
+"""Coils 0..255 have a pulse register (the next register, 0x0200, is the watchdog's)."""
+MAX_PULSE_SECONDS = 0xFFFF / 10
+"""The longest timed pulse a board can run: 6553.5 s."""
+WATCHDOG = 0x0200
+"""Holding register of the communication-loss watchdog (value: seconds, 0 = off)."""
+
 # Answers in which a gateway says the unit behind it did not answer: the board is unreachable.
 _GATEWAY_CODES = frozenset({ExcCodes.GATEWAY_PATH_UNAVIABLE, ExcCodes.GATEWAY_NO_RESPONSE})
 _MAX_BITS = 2000  # Modbus limit for one read of coils or discrete inputs
+_MAX_REGISTERS = 125  # Modbus limit for one read of holding registers
+# Answers of a board that lacks a function or register: illegal function, illegal address.
+_UNSUPPORTED_CODES = frozenset({ExcCodes.ILLEGAL_FUNCTION, ExcCodes.ILLEGAL_ADDRESS})
 
 
 @dataclass(frozen=True)
@@ -128,6 +157,8 @@ class ModbusBus:
         self._lock = asyncio.Lock()
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._gap = frame_gap(params.baud) if params.device is not None else 0.0
+        self._quiet_until = 0.0  # event-loop time from which the next RTU frame may start
 
     @property
     def name(self) -> str:
@@ -191,14 +222,17 @@ class ModbusBus:
 
     async def request(self, who: str, what: str,
                       call: Callable[[AsyncModbusTcpClient | AsyncModbusSerialClient],
-                                     Awaitable[Any]]) -> Any:
+                                     Awaitable[Any]],
+                      *, unsupported: str | None = None) -> Any:
         """Send one request and return its (non-error) response.
 
-        `who` names the board and `what` the operation in error messages. Raises
-        BoardUnreachable (no connection, no answer in `timeout` seconds, or a gateway reporting
-        the unit silent) or DoorDriverError (a Modbus exception answer, anything else).
+        `who` names the board and `what` the operation in error messages; `unsupported`, if
+        given, is added to the message when the board answers "illegal function" or "illegal
+        address" (it lacks the feature). Raises BoardUnreachable (no connection, no answer in
+        `timeout` seconds, or a gateway reporting the unit silent) or DoorDriverError (a Modbus
+        exception answer, anything else).
         """
-        return await self._run(who, lambda w: self._request_locked(w, what, call))
+        return await self._run(who, lambda w: self._request_locked(w, what, call, unsupported))
 
     async def _run(self, who: str, body: Callable[[str], Awaitable[T]]) -> T:
         async def locked() -> T:
@@ -220,8 +254,12 @@ class ModbusBus:
 
     async def _request_locked(self, who: str, what: str,
                               call: Callable[[AsyncModbusTcpClient | AsyncModbusSerialClient],
-                                             Awaitable[Any]]) -> Any:
+                                             Awaitable[Any]],
+                              unsupported: str | None) -> Any:
         client = await self._ensure_connected(who)
+        loop = asyncio.get_running_loop()
+        if (wait := self._quiet_until - loop.time()) > 0:
+            await asyncio.sleep(wait)
         try:
             response = await call(client)
         except (ConnectionException, ModbusIOException, OSError) as exc:
@@ -233,6 +271,10 @@ class ModbusBus:
             self._drop()
             log.debug("%s: %s failed: %r", who, what, exc)
             raise DoorDriverError(f"{who}: {what} failed: {exc}") from None
+        finally:
+            # Counted from when we saw the answer end (or gave up), which is no earlier than
+            # its end on the wire: a conservative gap.
+            self._quiet_until = loop.time() + self._gap
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             try:
@@ -240,12 +282,14 @@ class ModbusBus:
             except ValueError:
                 label = "unknown"
             error = BoardUnreachable if code in _GATEWAY_CODES else DoorDriverError
-            raise error(f"{who}: {what} refused with Modbus exception {code:#04x} ({label})")
+            hint = f": {unsupported}" if unsupported and code in _UNSUPPORTED_CODES else ""
+            raise error(f"{who}: {what} refused with Modbus exception {code:#04x} ({label}){hint}")
         return response
 
 
 class ModbusRelayBoard:
-    """One relay board: coils (relays) and discrete inputs, 0-based as on the board.
+    """One relay board: coils (relays) and discrete inputs, 0-based as on the board, and, on
+    boards that have them, the timed pulse and watchdog registers (see the module docstring).
 
     Build one with `ModbusRelayBoard(params)`, or several on shared buses with `open_boards()`.
     Usable as `async with board:` (connect, close).
@@ -302,6 +346,76 @@ class ModbusRelayBoard:
         """
         return await self._read_bits("input", first, count)
 
+    async def pulse_coil(self, n: int, seconds: float) -> None:
+        """Energise relay `n` now and let the board de-energise it after `seconds`, by its own
+        timer: the relay goes off even if the gateway dies or the link fails meanwhile.
+
+        `seconds` is rounded to the board's 0.1 s step and kept within 0.1 .. 6553.5 s. A later
+        pulse restarts the board's timer; `write_coil(n, ...)` cancels it. Returns once the board
+        confirmed. Raises ValueError for a coil outside 0..255 or `seconds` not finite and > 0;
+        DoorDriverError if the board has no timed pulse (for this coil), or echoes another
+        value; BoardUnreachable.
+        """
+        if not 0 <= n < PULSE_COILS:
+            raise ValueError(f"timed pulse coil: expected 0..{PULSE_COILS - 1}, got {n}")
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"timed pulse seconds: expected a finite number > 0, got {seconds}")
+        units = 0xFFFF if seconds >= MAX_PULSE_SECONDS else max(round(seconds * 10), 1)
+        await self._write_register(
+            PULSE_BASE + n, units, f"timed pulse coil {n} for {units / 10:g} s",
+            unsupported="the board has no timed pulse for this coil "
+                        "(timed_pulse = false is the setting for such a board)")
+
+    async def set_watchdog(self, seconds: int) -> None:
+        """Arm the board's communication-loss watchdog: after `seconds` without a request for this
+        unit, the board de-energises every relay (0 turns the watchdog off). Returns once the
+        board confirmed.
+
+        Only the board's own requests count: the caller must poll the board more often than
+        `seconds`. Raises ValueError for `seconds` outside 0..65535; DoorDriverError if the
+        board has no watchdog; BoardUnreachable.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= 0xFFFF:
+            raise ValueError(f"watchdog seconds: expected a whole number 0..65535, got {seconds!r}")
+        await self._write_register(
+            WATCHDOG, seconds, f"set watchdog to {seconds} s",
+            unsupported="the board has no communication watchdog "
+                        "(watchdog_seconds = 0 is the setting for such a board)")
+
+    async def read_registers(self, first: int, count: int) -> tuple[int, ...]:
+        """Holding registers first .. first+count-1 (0..65535 each), in one request: for a pulse
+        register the time left in 0.1 s units, for `WATCHDOG` its seconds.
+
+        Raises ValueError for a range outside the Modbus limits (at most 125 registers);
+        DoorDriverError (a range the board does not have, too); BoardUnreachable.
+        """
+        if not 0 <= first <= 0xFFFF:
+            raise ValueError(f"register: expected 0..65535, got {first}")
+        if not 1 <= count <= _MAX_REGISTERS or first + count > 0x10000:
+            raise ValueError(f"register count: expected 1..{_MAX_REGISTERS} within the address "
+                             f"space, got {count} from {first}")
+        unit = self.params.unit
+        response = await self.bus.request(
+            self.name, f"read registers {first:#06x}..{first + count - 1:#06x}",
+            lambda c: c.read_holding_registers(first, count=count, device_id=unit))
+        registers = list(getattr(response, "registers", []) or [])
+        if len(registers) != count:
+            raise DoorDriverError(f"{self.name}: asked for {count} registers, "
+                                  f"got {len(registers)}")
+        return tuple(int(r) for r in registers)
+
+    async def _write_register(self, address: int, value: int, what: str,
+                              *, unsupported: str) -> None:
+        """One write-single-register request (function 6), its echo checked."""
+        unit = self.params.unit
+        response = await self.bus.request(
+            self.name, what, lambda c: c.write_register(address, value, device_id=unit),
+            unsupported=unsupported)
+        echoed = list(getattr(response, "registers", []) or [])[:1]
+        if getattr(response, "address", address) != address or echoed != [value]:
+            raise DoorDriverError(f"{self.name}: {what}: board echoed register "
+                                  f"{getattr(response, 'address', '?')}={echoed}")
+
     async def _read_bits(self, kind: str, first: int, count: int) -> tuple[bool, ...]:
         """One read of coils (kind "coil") or discrete inputs ("input")."""
         _check_range(kind, first, count)
@@ -322,6 +436,13 @@ class ModbusRelayBoard:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+
+def frame_gap(baud: int) -> float:
+    """Seconds of silence Modbus RTU requires between frames at `baud`: 3.5 characters of 11 bits
+    (the standard's character; an 8N1 character is 10 bits, so this errs long), and a fixed
+    1.75 ms above 19200 baud."""
+    return 0.00175 if baud > 19200 else 3.5 * 11 / baud
 
 
 def open_boards(params: Iterable[BoardParams]) -> list[ModbusRelayBoard]:

@@ -1,16 +1,35 @@
 """A Modbus relay board in its own process: coils are relays, discrete inputs are terminals.
 
     python -m door_drivers.simulator --port P [--host 127.0.0.1] [--unit 1] [--coils 16]
-        [--inputs 16] [--write-log FILE] [--control PATH]
+        [--inputs 16] [--write-log FILE] [--control PATH] [--no-timers]
     python -m door_drivers.simulator --serial DEVICE [--baud 9600] ...   (Modbus RTU)
 
 Addresses are 0-based as on a real board: coil 0 is the first relay, input 0 the first terminal.
 Requests for another unit id get exception 0x0B over TCP and no answer over RTU (the other boards
 on an RS-485 line stay silent too).
 
+Holding registers (functions 3 read, 6 write one, 16 write several): the board's own timers, like
+those of Waveshare or Eletechsup relay boards, at the addresses the driver speaks
+(`door_drivers.modbus`; `--no-timers`: a board without them, whose every register request gets
+exception 1, illegal function):
+- `PULSE_BASE + n` (0x0100 + n) for each coil n < 256: timed pulse ("flash on"). Writing v
+  (1..65535, 0.1 s units) turns coil n on at once and off after v * 0.1 s, by the board's timer.
+  A later pulse write restarts the timer, a coil write (functions 5, 15) cancels it, writing 0
+  cancels it and turns the coil off. Reads give the time left (0.1 s units rounded up, 0 if none).
+- `WATCHDOG` (0x0200): communication-loss watchdog, seconds (0 = off, the default). Once no
+  request for this unit has reached the board's data (a read or write of coils, inputs or
+  registers, answered or refused) for that long, the board writes every coil off and cancels
+  every pulse. It fires once per silence and stays armed: the next request starts it again.
+Any other register address, or a range straddling two registers' blocks, gets exception 2 (illegal
+address). Timers are the event loop's (`call_at`), in the server's loop; nothing is persisted: a
+restarted board has no timers running and its watchdog off, as after a power cycle.
+
 Write log (`--write-log`): one JSON line per coil write as the board applies it,
 `{"t": <time.time() seconds>, "coil": n, "value": bool}`, flushed per line, so a test can measure
-a pulse from the board's side. A write of the value a coil already has is logged too.
+a pulse from the board's side. A write of the value a coil already has is logged too. Writes the
+board makes on its own carry `"by"`: `"pulse-timer"` (a pulse ended) or `"watchdog"`; writes a
+Modbus request made (a coil write, a pulse starting, a pulse cancelled by 0) have no `"by"`, so
+the log of a board driven only over Modbus reads as before.
 
 Control channel (`--control`, a Unix socket, newline-delimited JSON, one answer line per request)
 drives what Modbus cannot write:
@@ -24,6 +43,9 @@ Pitfalls (pymodbus 3.11): `ModbusDeviceContext` adds 1 to every address before i
 data block (a sequential block starting at 0 makes coil 0 the block's second value), and the
 datastore classes change between minors. The board therefore implements the small
 `ModbusBaseDeviceContext` interface itself, 0-based, with no data block at all.
+The server awaits the context's `async_getValues`/`async_setValues` (the watchdog listens there);
+a write-single-register answer echoes what `getValues(6, ...)` reads back, not the request, so a
+pulse register reads back as written the instant after the write (rounded up, see above).
 The 3.11 server answers only the first request in a TCP segment: a second, pipelined request is
 dropped without an answer. Clients must wait for each answer before sending (the driver does).
 """
@@ -35,6 +57,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -45,35 +68,151 @@ from typing import IO, TYPE_CHECKING, Any
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusBaseDeviceContext, ModbusServerContext
 
+from door_drivers.modbus import PULSE_BASE, PULSE_COILS, WATCHDOG
+
 if TYPE_CHECKING:
     from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 _COIL_CODES = frozenset({1, 5, 15})  # read coils, write single coil, write multiple coils
 _INPUT_CODES = frozenset({2})  # read discrete inputs
+_REGISTER_CODES = frozenset({3, 6, 16})  # read holding, write single, write multiple registers
 
 
 class SimulatedBoard:
-    """The board's state: relays (coils) and input terminals, plus the write log."""
+    """The board's state: relays (coils), input terminals, the timed pulses and the watchdog,
+    plus the write log. Its timers need a running event loop (the server's)."""
 
-    def __init__(self, coils: int, inputs: int, write_log: IO[str] | None) -> None:
+    def __init__(self, coils: int, inputs: int, write_log: IO[str] | None, *,
+                 timers: bool = True) -> None:
         self.coils = [False] * coils
         self.inputs = [False] * inputs
+        self.timers = timers
+        self.pulse_coils = min(coils, PULSE_COILS)
+        self.watchdog_seconds = 0
         self._write_log = write_log
+        self._pulses: dict[int, asyncio.TimerHandle] = {}  # coil -> its pulse's end
+        self._last_request = 0.0  # event-loop time
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def write_coils(self, first: int, values: list[bool]) -> None:
+        """A Modbus coil write: applied and logged; it cancels those coils' pulses."""
         for offset, value in enumerate(values):
-            self.coils[first + offset] = bool(value)
-            if self._write_log is not None:
-                line = {"t": time.time(), "coil": first + offset, "value": bool(value)}
-                self._write_log.write(json.dumps(line) + "\n")
-                self._write_log.flush()
+            self._cancel_pulse(first + offset)
+            self._apply(first + offset, bool(value))
+
+    def _apply(self, n: int, value: bool, by: str | None = None) -> None:
+        self.coils[n] = value
+        if self._write_log is not None:
+            line: dict[str, Any] = {"t": time.time(), "coil": n, "value": value}
+            if by is not None:
+                line["by"] = by
+            self._write_log.write(json.dumps(line) + "\n")
+            self._write_log.flush()
+
+    # --- holding registers -------------------------------------------------------------------
+
+    def _registers_exist(self, address: int, count: int) -> bool:
+        """Whether [address, address+count) lies within one implemented block of registers."""
+        blocks = (range(PULSE_BASE, PULSE_BASE + self.pulse_coils), range(WATCHDOG, WATCHDOG + 1))
+        return count >= 1 and any(address in b and address + count - 1 in b for b in blocks)
+
+    def read_registers(self, address: int, count: int) -> list[int] | None:
+        """Register values, or None if the range is not implemented."""
+        if not self._registers_exist(address, count):
+            return None
+        return [self.watchdog_seconds if a == WATCHDOG else self._pulse_left(a - PULSE_BASE)
+                for a in range(address, address + count)]
+
+    def write_registers(self, address: int, values: list[int]) -> bool:
+        """Apply register writes (0..65535 each, as Modbus carries them) in order; False, with
+        nothing applied, if the range is not implemented."""
+        if not self._registers_exist(address, len(values)):
+            return False
+        for a, v in enumerate(values, start=address):
+            if a == WATCHDOG:
+                self._set_watchdog(v)
+            else:
+                self._start_pulse(a - PULSE_BASE, v)
+        return True
+
+    def _start_pulse(self, n: int, units: int) -> None:
+        self._cancel_pulse(n)
+        if units == 0:
+            self._apply(n, False)
+            return
+        loop = asyncio.get_running_loop()
+        self._pulses[n] = loop.call_at(loop.time() + units / 10, self._pulse_ends, n)
+        self._apply(n, True)
+
+    def _pulse_ends(self, n: int) -> None:
+        del self._pulses[n]
+        self._apply(n, False, by="pulse-timer")
+
+    def _cancel_pulse(self, n: int) -> None:
+        handle = self._pulses.pop(n, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _pulse_left(self, n: int) -> int:
+        handle = self._pulses.get(n)
+        if handle is None:
+            return 0
+        left = handle.when() - asyncio.get_running_loop().time()
+        # Rounded up, so a pulse just written reads back as written (the write's echo).
+        return max(0, min(0xFFFF, math.ceil(left * 10 - 1e-6)))
+
+    # --- watchdog ----------------------------------------------------------------------------
+
+    def heard_request(self) -> None:
+        """A request for this unit reached the board: the watchdog starts counting again."""
+        loop = asyncio.get_running_loop()
+        self._last_request = loop.time()
+        if self.watchdog_seconds and self._watchdog is None:
+            self._watchdog = loop.call_at(self._last_request + self.watchdog_seconds,
+                                          self._watchdog_check)
+
+    def _set_watchdog(self, seconds: int) -> None:
+        self.watchdog_seconds = seconds
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self.heard_request()  # this write is a request: count from now
+
+    def _watchdog_check(self) -> None:
+        # One timer per silence, pushed back to the latest request's deadline when it fires
+        # early, rather than one timer rescheduled on every request.
+        self._watchdog = None
+        if not self.watchdog_seconds:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_request + self.watchdog_seconds
+        if loop.time() < due - 0.0005:
+            self._watchdog = loop.call_at(due, self._watchdog_check)
+            return
+        for n in range(len(self.coils)):
+            self._cancel_pulse(n)
+            self._apply(n, False, by="watchdog")
 
 
 class _BoardContext(ModbusBaseDeviceContext):
-    """pymodbus' view of the board: 0-based coils and discrete inputs, nothing else."""
+    """pymodbus' view of the board: 0-based coils, discrete inputs and holding registers.
+
+    Every request for this unit passes through `async_getValues` or `async_setValues` (pymodbus
+    calls the async pair), which is where the watchdog hears it.
+    """
 
     def __init__(self, board: SimulatedBoard) -> None:
         self.board = board
+
+    async def async_getValues(self, func_code: int, address: int,
+                              count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        self.board.heard_request()
+        return self.getValues(func_code, address, count)
+
+    async def async_setValues(self, func_code: int, address: int,
+                              values: list[int] | list[bool]) -> ExcCodes | None:
+        self.board.heard_request()
+        return self.setValues(func_code, address, values)
 
     def _table(self, func_code: int) -> list[bool] | None:
         if func_code in _COIL_CODES:
@@ -85,7 +224,13 @@ class _BoardContext(ModbusBaseDeviceContext):
     def reset(self) -> None:
         """Nothing to reset: a board keeps its relays across Modbus connections."""
 
-    def getValues(self, func_code: int, address: int, count: int = 1) -> list[bool] | ExcCodes:
+    def getValues(self, func_code: int, address: int,
+                  count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        if func_code in _REGISTER_CODES:  # 6 reads back its register for the echo
+            if not self.board.timers:
+                return ExcCodes.ILLEGAL_FUNCTION
+            registers = self.board.read_registers(address, count)
+            return ExcCodes.ILLEGAL_ADDRESS if registers is None else registers
         table = self._table(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -95,10 +240,15 @@ class _BoardContext(ModbusBaseDeviceContext):
 
     def setValues(self, func_code: int, address: int,
                   values: list[int] | list[bool]) -> ExcCodes | None:
-        if func_code not in _COIL_CODES:
-            return ExcCodes.ILLEGAL_FUNCTION
         if not isinstance(values, list):
             values = [values]
+        if func_code in _REGISTER_CODES:
+            if not self.board.timers:
+                return ExcCodes.ILLEGAL_FUNCTION
+            ok = self.board.write_registers(address, [int(v) for v in values])
+            return None if ok else ExcCodes.ILLEGAL_ADDRESS
+        if func_code not in _COIL_CODES:
+            return ExcCodes.ILLEGAL_FUNCTION
         if address < 0 or address + len(values) > len(self.board.coils):
             return ExcCodes.ILLEGAL_ADDRESS
         self.board.write_coils(address, [bool(v) for v in values])
@@ -190,6 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", type=int, default=16, help="number of discrete inputs")
     p.add_argument("--write-log", metavar="FILE", help="append one JSON line per coil write")
     p.add_argument("--control", metavar="PATH", help="Unix socket for driving the inputs")
+    p.add_argument("--no-timers", action="store_true",
+                   help="a board without timed pulse and watchdog registers")
     return p
 
 
@@ -209,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     write_log = (open(args.write_log, "a", encoding="utf-8")  # noqa: SIM115 - closed below
                  if args.write_log else None)
     try:
-        asyncio.run(_serve(args, SimulatedBoard(args.coils, args.inputs, write_log)))
+        asyncio.run(_serve(args, SimulatedBoard(args.coils, args.inputs, write_log,
+                                                 timers=not args.no_timers)))
     except (OSError, RuntimeError) as exc:  # port taken, serial device missing
         where = args.serial or f"{args.host}:{args.port}"
         print(f"relay board simulator: cannot serve on {where}: {exc}", file=sys.stderr)

@@ -4,16 +4,24 @@ checked from the board's side (its write log, its state) and with mbpoll."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import traceback
 
 import pytest
 
-from door_drivers.modbus import BoardParams, ModbusRelayBoard, open_boards
-from door_drivers.relay_door import DoorInputs, RelayDoor
+from door_drivers.modbus import (
+    PULSE_BASE,
+    WATCHDOG,
+    BoardParams,
+    ModbusRelayBoard,
+    frame_gap,
+    open_boards,
+)
+from door_drivers.relay_door import DoorInputs, FeedbackOutput, RelayDoor
 from gateway.errors import BoardUnreachable, DoorDriverError
 from gateway.rig.proc import free_port
-from tests.fixtures_board import async_wait_for, mbpoll_read
+from tests.fixtures_board import async_wait_for, mbpoll_read, mbpoll_read_registers
 
 STRIKE = 2
 
@@ -28,6 +36,11 @@ async def board(relay_board):
 
 def strike_writes(rig):
     return [w for w in rig.writes() if w["coil"] == STRIKE]
+
+
+def coil_writes(rig, coil):
+    """(value, by) of each write of `coil`; by is None for a write a Modbus request made."""
+    return [(w["value"], w.get("by")) for w in rig.writes() if w["coil"] == coil]
 
 
 def assert_ours(exc: BaseException, board_name: str) -> None:
@@ -113,6 +126,81 @@ def test_boards_on_one_line_share_one_bus_and_other_lines_do_not():
         open_boards([BoardParams.rtu("/dev/ttyS0"), BoardParams.rtu("/dev/ttyS0")])
     with pytest.raises(ValueError, match="cannot share"):
         ModbusRelayBoard(BoardParams.rtu("/dev/ttyS0", unit=2, baud=19200), bus=a.bus)
+
+
+# --- the board's timers, as the driver offers them ------------------------------------------------
+
+async def test_pulse_coil_is_confirmed_and_the_board_reports_its_time_left(relay_board, board):
+    await board.pulse_coil(3, 30.0)
+
+    assert relay_board.coils()[3] is True
+    assert 295 <= (await board.read_registers(PULSE_BASE + 3, 1))[0] <= 300  # 0.1 s units
+    assert mbpoll_read_registers(relay_board.port, PULSE_BASE + 3)[0] <= 300
+    await board.write_coil(3, False)  # a plain write cancels the board's timer
+    assert await board.read_registers(PULSE_BASE + 3, 1) == (0,)
+
+
+async def test_pulse_seconds_are_rounded_to_the_board_step_and_clamped(relay_board, board):
+    await board.pulse_coil(0, 0.01)  # shorter than a step: one step
+    await board.pulse_coil(1, 1e308)  # longer than the register holds: 6553.5 s
+    await board.pulse_coil(2, 12.34)
+
+    left = await board.read_registers(PULSE_BASE, 3)
+    assert left[0] <= 1 and left[1] in (65534, 65535) and left[2] in (122, 123)
+
+
+async def test_set_watchdog_is_read_back(relay_board, board):
+    await board.set_watchdog(30)
+
+    assert await board.read_registers(WATCHDOG, 1) == (30,)
+    assert mbpoll_read_registers(relay_board.port, WATCHDOG) == [30]
+    await board.set_watchdog(0)
+    assert await board.read_registers(WATCHDOG, 1) == (0,)
+
+
+async def test_bad_timer_arguments_are_refused_before_the_wire(relay_board, board):
+    for seconds in (-1.0, 0.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="seconds"):
+            await board.pulse_coil(0, seconds)
+    for coil in (-1, 256):
+        with pytest.raises(ValueError, match="coil"):
+            await board.pulse_coil(coil, 1.0)
+    for value in (-1, 65536, True, 1.5):
+        with pytest.raises(ValueError, match="watchdog"):
+            await board.set_watchdog(value)
+    with pytest.raises(ValueError):
+        await board.read_registers(0, 126)
+
+    assert relay_board.writes() == []
+
+
+async def test_a_board_without_timers_is_a_door_driver_error_that_says_so(plain_relay_board):
+    b = ModbusRelayBoard(BoardParams.tcp("127.0.0.1", plain_relay_board.port))
+    try:
+        with pytest.raises(DoorDriverError,
+                           match=r"illegal function\): the board has no timed pulse") as pulse:
+            await b.pulse_coil(0, 1.0)
+        with pytest.raises(DoorDriverError,
+                           match=r"illegal function.*no communication watchdog") as watchdog:
+            await b.set_watchdog(5)
+        for error in (pulse.value, watchdog.value):
+            assert not isinstance(error, BoardUnreachable)
+            assert_ours(error, f"board 127.0.0.1:{plain_relay_board.port} unit 1")
+        assert plain_relay_board.coils()[0] is False
+        await b.write_coil(0, True)  # the board is still usable
+    finally:
+        await b.close()
+
+
+async def test_a_coil_without_a_pulse_register_is_a_door_driver_error_that_says_so(
+        relay_board, board):
+    with pytest.raises(DoorDriverError,
+                       match=r"coil 20 .*illegal address\): the board has no timed pulse") as e:
+        await board.pulse_coil(20, 1.0)  # a 16-relay board
+
+    assert_ours(e.value, f"board 127.0.0.1:{relay_board.port} unit 1")
+    with pytest.raises(DoorDriverError, match="illegal address"):
+        await board.read_registers(WATCHDOG + 1, 1)
 
 
 # --- the relay door -----------------------------------------------------------------------------
@@ -252,3 +340,111 @@ async def test_rtu_unit_that_is_not_on_the_line_is_unreachable(rtu_relay_board, 
         assert await here.read_coils(0, 1) == (False,)  # the line is still good for unit 1
     finally:
         await here.close()
+
+
+# --- timed unlocks and feedback outputs --------------------------------------------------------
+
+async def test_unlock_for_on_a_fail_secure_timed_door_is_relocked_by_the_board(relay_board, board):
+    door = RelayDoor(board, STRIKE, energise_to_unlock=True, timed_pulse=True)
+
+    await door.unlock_for(0.3)
+
+    await async_wait_for(lambda: coil_writes(relay_board, STRIKE)[-1:] == [(False, "pulse-timer")],
+                         5, "the board's own relock")
+    on, off = strike_writes(relay_board)
+    assert off["t"] - on["t"] == pytest.approx(0.3, abs=0.05)
+
+
+async def test_the_callers_relock_cancels_the_board_timer(relay_board, board):
+    door = RelayDoor(board, STRIKE, energise_to_unlock=True, timed_pulse=True)
+
+    await door.unlock_for(30)
+    assert (await board.read_registers(PULSE_BASE + STRIKE, 1))[0] > 0
+    await door.set_locked(True)
+
+    assert await board.read_registers(PULSE_BASE + STRIKE, 1) == (0,)
+    assert coil_writes(relay_board, STRIKE) == [(True, None), (False, None)]
+
+
+@pytest.mark.parametrize(("energise_to_unlock", "timed_pulse"),
+                         [(True, False), (False, True), (False, False)],
+                         ids=["fail-secure-untimed", "fail-safe-timed", "fail-safe-untimed"])
+async def test_unlock_for_is_a_plain_unlock_without_a_board_timer(relay_board, board,
+                                                                  energise_to_unlock, timed_pulse):
+    door = RelayDoor(board, STRIKE, energise_to_unlock=energise_to_unlock, timed_pulse=timed_pulse)
+
+    await door.unlock_for(30)
+
+    assert coil_writes(relay_board, STRIKE) == [(door.coil_value(False), None)]
+    assert await board.read_registers(PULSE_BASE + STRIKE, 1) == (0,)
+
+
+async def test_pulse_on_a_timed_door_arms_the_board_timer_and_still_relocks_itself(
+        relay_board, board):
+    door = RelayDoor(board, STRIKE, energise_to_unlock=True, timed_pulse=True)
+
+    await door.pulse(0.2)  # the board's timer and our relock both end it, whichever first
+
+    assert relay_board.coils()[STRIKE] is False
+    assert coil_writes(relay_board, STRIKE)[0] == (True, None)
+    assert all(value is False for value, _ in coil_writes(relay_board, STRIKE)[1:])
+    assert await board.read_registers(PULSE_BASE + STRIKE, 1) == (0,)
+
+
+async def test_unlock_for_refuses_bad_seconds(board):
+    door = RelayDoor(board, STRIKE, energise_to_unlock=True, timed_pulse=True)
+    for seconds in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="seconds"):
+            await door.unlock_for(seconds)
+    with pytest.raises(ValueError, match="timed pulse"):
+        RelayDoor(board, 256, energise_to_unlock=True, timed_pulse=True)
+
+
+@pytest.mark.parametrize("timed_pulse", [True, False], ids=["board-timed", "gateway-timed"])
+async def test_feedback_output_is_on_for_its_time_then_off(relay_board, board, timed_pulse):
+    led = FeedbackOutput(board, 11, timed_pulse=timed_pulse)
+    t0 = time.monotonic()
+
+    await led.pulse(0.2)
+
+    assert time.monotonic() - t0 >= 0.2
+    await async_wait_for(lambda: len(coil_writes(relay_board, 11)) == 2, 5, "the output off")
+    on, off = (w for w in relay_board.writes() if w["coil"] == 11)
+    assert (on["value"], off["value"]) == (True, False)
+    assert off.get("by") == ("pulse-timer" if timed_pulse else None)
+    assert off["t"] - on["t"] == pytest.approx(0.2, abs=0.05)
+
+
+@pytest.mark.parametrize("timed_pulse", [True, False], ids=["board-timed", "gateway-timed"])
+async def test_cancelled_feedback_is_switched_off_at_once(relay_board, board, timed_pulse):
+    door = RelayDoor(board, STRIKE, energise_to_unlock=True, timed_pulse=timed_pulse)
+    buzzer = asyncio.create_task(door.feedback(12, 30))
+    await async_wait_for(lambda: coil_writes(relay_board, 12) == [(True, None)], 5, "buzzer on")
+
+    buzzer.cancel()
+    await asyncio.sleep(0)  # the output is now being switched off
+    buzzer.cancel()  # a second cancel does not skip the off-write
+    with pytest.raises(asyncio.CancelledError):
+        await buzzer
+
+    assert coil_writes(relay_board, 12) == [(True, None), (False, None)]
+    assert await board.read_registers(PULSE_BASE + 12, 1) == (0,)
+
+
+def test_the_rtu_frame_gap_is_three_and_a_half_characters_or_1_75_ms_above_19200_baud():
+    assert frame_gap(9600) == pytest.approx(0.00401, abs=1e-5)  # 3.5 x 11 bits / 9600
+    assert frame_gap(19200) == pytest.approx(0.002005, abs=1e-6)
+    assert frame_gap(38400) == frame_gap(115200) == 0.00175
+
+
+async def test_rtu_requests_back_to_back_are_kept_a_frame_gap_apart(rtu_relay_board, serial_line):
+    b = ModbusRelayBoard(BoardParams.rtu(serial_line.gateway_end, baud=9600))
+    await b.read_inputs(0, 1)  # connected; the next request waits for the gap already
+    t0 = time.monotonic()
+    for _ in range(20):
+        await b.read_inputs(0, 16)
+    elapsed = time.monotonic() - t0
+    await b.close()
+
+    # A pty carries the bytes at once: without the gap, 20 polls take ~6 ms.
+    assert elapsed >= 20 * frame_gap(9600)

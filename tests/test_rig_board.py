@@ -7,9 +7,17 @@ import signal
 
 import pytest
 
+from door_drivers.modbus import PULSE_BASE, WATCHDOG
 from gateway.rig.board import RelayBoardRig
 from gateway.rig.proc import free_port
-from tests.fixtures_board import mbpoll_fails, mbpoll_read, mbpoll_write_coil, wait_for
+from tests.fixtures_board import (
+    mbpoll_fails,
+    mbpoll_read,
+    mbpoll_read_registers,
+    mbpoll_write_coil,
+    mbpoll_write_registers,
+    wait_for,
+)
 
 
 def test_a_new_board_has_every_relay_and_input_off(relay_board):
@@ -109,3 +117,76 @@ def test_board_can_be_started_on_a_given_port(tmp_path):
     with RelayBoardRig.start(tmp_path / "b", port=port) as board:
         assert board.port == port
         assert mbpoll_read(port, "coils", 1) == [0]
+
+
+# --- the board's own timers: timed pulse and watchdog (holding registers) -----------------------
+
+def board_writes(rig, coil=None, by=None):
+    """The board's writes, optionally of one coil, or made by "pulse-timer" / "watchdog"."""
+    return [w for w in rig.writes()
+            if (coil is None or w["coil"] == coil) and (by is None or w.get("by") == by)]
+
+
+def test_a_pulse_register_written_by_mbpoll_is_ended_by_the_board_timer(relay_board):
+    mbpoll_write_registers(relay_board.port, PULSE_BASE + 3, 3)  # 0.3 s, function 6
+
+    wait_for(lambda: board_writes(relay_board, 3, "pulse-timer"), 5, "the pulse timer")
+    on, off = board_writes(relay_board, 3)
+    assert (on["value"], "by" in on) == (True, False)  # a Modbus request turned it on
+    assert off == {**off, "value": False, "by": "pulse-timer"}
+    assert off["t"] - on["t"] == pytest.approx(0.3, abs=0.05)
+    assert mbpoll_read(relay_board.port, "coils")[3] == 0
+    assert mbpoll_read_registers(relay_board.port, PULSE_BASE + 3) == [0]
+
+
+def test_pulse_registers_read_the_time_left_and_zero_cancels(relay_board):
+    mbpoll_write_registers(relay_board.port, PULSE_BASE + 4, 3, 600)  # coils 4, 5: function 16
+
+    left_4, left_5 = mbpoll_read_registers(relay_board.port, PULSE_BASE + 4, 2)
+    assert 1 <= left_4 <= 3 and 590 <= left_5 <= 600  # 0.1 s units, rounded up
+    mbpoll_write_registers(relay_board.port, PULSE_BASE + 5, 0)
+
+    assert mbpoll_read_registers(relay_board.port, PULSE_BASE + 5) == [0]
+    assert relay_board.coils()[5] is False
+    # Coil 4's pulse ending shows time passed; the cancelled coil 5 never had a timer write.
+    wait_for(lambda: board_writes(relay_board, 4, "pulse-timer"), 5, "coil 4's pulse timer")
+    assert [(w["value"], w.get("by")) for w in board_writes(relay_board, 5)] == [
+        (True, None), (False, None)]
+    assert mbpoll_read(relay_board.port, "coils")[4:6] == [0, 0]
+
+
+def test_the_watchdog_de_energises_every_coil_after_silence_and_stays_armed(relay_board):
+    mbpoll_write_registers(relay_board.port, WATCHDOG, 1)
+    mbpoll_write_coil(relay_board.port, 0, True)
+    mbpoll_write_coil(relay_board.port, 9, True)  # the last request the board hears
+    last = board_writes(relay_board, 9)[-1]["t"]
+
+    wait_for(lambda: len(board_writes(relay_board, by="watchdog")) == 16, 5, "the watchdog")
+    fired = board_writes(relay_board, by="watchdog")
+    assert [(w["coil"], w["value"]) for w in fired] == [(n, False) for n in range(16)]
+    assert fired[0]["t"] - last == pytest.approx(1.0, abs=0.05)
+    assert relay_board.coils() == [False] * 16
+    assert mbpoll_read_registers(relay_board.port, WATCHDOG) == [1]  # still armed
+
+
+def test_registers_outside_the_map_are_illegal_addresses(relay_board):
+    port = relay_board.port
+    for first, count in [(PULSE_BASE - 1, 1), (PULSE_BASE + 16, 1),  # 16 coils: 0..15 only
+                         (PULSE_BASE + 15, 2), (WATCHDOG - 1, 2), (WATCHDOG + 1, 1), (0, 1)]:
+        error = mbpoll_fails(port, "-t", "4", "-r", str(first), "-c", str(count))
+        assert "Illegal data address" in error, (first, count)
+    assert "Illegal data address" in mbpoll_fails(port, "-t", "4", "-r", str(PULSE_BASE + 16),
+                                                  value="5")
+    assert "Illegal data address" in mbpoll_fails(port, "-t", "4", "-r", str(PULSE_BASE + 15),
+                                                  value="5 5")
+    assert relay_board.writes() == []  # a refused multiple write applies nothing
+
+
+def test_a_board_without_timers_refuses_register_requests_as_illegal_function(
+        plain_relay_board):
+    port = plain_relay_board.port
+
+    assert "Illegal function" in mbpoll_fails(port, "-t", "4", "-r", str(WATCHDOG))
+    assert "Illegal function" in mbpoll_fails(port, "-t", "4", "-r", str(PULSE_BASE), value="5")
+    mbpoll_write_coil(port, 1, True)  # its relays work as before
+    assert mbpoll_read(port, "coils")[:2] == [0, 1]

@@ -12,6 +12,9 @@ Pitfalls:
   readiness signal. The ptys ignore the baud rate: an RTU round trip takes ~1 ms at any speed.
 - `kill()` is a SIGKILL: the board dies with its TCP connections reset and no cleanup, as a
   board losing power does; its control socket file stays behind and `restart()` replaces it.
+- The board's own timers (timed pulse, watchdog; see `door_drivers.simulator`) run in the
+  simulator process: a test measures them from the write log's `"by"` entries, and a test
+  process that dies does not stop them. `start(timers=False)` gives a board without them.
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ class RelayBoardRig:
     serial device of an RTU board, else None), `unit`, `coil_count`, `input_count`,
     `write_log` (JSON lines, see `writes()`), `control` (the control socket), `log_file` (the
     simulator's stdout and stderr), `process` (the RigProcess, None when stopped),
-    `start_seconds` (time of the last start until the port accepted).
+    `start_seconds` (time of the last start until the port accepted), `timers` (whether the
+    board has the timed pulse and watchdog registers).
     """
 
     def __init__(self, workdir: Path, *, port: int, unit: int, coils: int, inputs: int,
-                 serial: str | None = None) -> None:
+                 serial: str | None = None, timers: bool = True) -> None:
         self.host = HOST
         self.workdir = workdir
         self.port = port
@@ -51,6 +55,7 @@ class RelayBoardRig:
         self.unit = unit
         self.coil_count = coils
         self.input_count = inputs
+        self.timers = timers
         self.write_log = workdir / "writes.jsonl"
         # AF_UNIX paths are limited to 107 bytes; pytest's tmp_path can come close.
         self.control = workdir / "control.sock"
@@ -60,10 +65,11 @@ class RelayBoardRig:
 
     @classmethod
     def start(cls, workdir: Path, *, unit: int = 1, coils: int = 16, inputs: int = 16,
-              port: int | None = None, serial: str | None = None,
+              port: int | None = None, serial: str | None = None, timers: bool = True,
               timeout: float = 10.0) -> RelayBoardRig:
         """Start a board with its files in `workdir` (created if needed): on TCP `port` (default:
         a free one), or with `serial` (a device, e.g. `SerialLine.board_end`) as an RTU board.
+        `timers=False`: a board without timed pulse and watchdog (register requests refused).
 
         Returns when the board serves Modbus and its control socket exists. Raises TimeoutError
         or RuntimeError (with the simulator's log) if it does not come up.
@@ -75,7 +81,8 @@ class RelayBoardRig:
             port = 0
         elif port is None:
             port = free_port()
-        board = cls(workdir, port=port, unit=unit, coils=coils, inputs=inputs, serial=serial)
+        board = cls(workdir, port=port, unit=unit, coils=coils, inputs=inputs, serial=serial,
+                    timers=timers)
         if len(os.fsencode(board.control)) > 100:
             raise ValueError(f"control socket path too long for AF_UNIX: {board.control}")
         board._launch(timeout)
@@ -88,7 +95,8 @@ class RelayBoardRig:
                  else ["--host", self.host, "--port", str(self.port)])
         argv = [sys.executable, "-m", "door_drivers.simulator", *where, "--unit", str(self.unit),
                 "--coils", str(self.coil_count), "--inputs", str(self.input_count),
-                "--write-log", str(self.write_log), "--control", str(self.control)]
+                "--write-log", str(self.write_log), "--control", str(self.control),
+                *([] if self.timers else ["--no-timers"])]
         pythonpath = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, "PYTHONPATH": pythonpath}
         proc = RigProcess("relay board", argv, self.log_file, env=env, cwd=self.workdir)
@@ -143,7 +151,9 @@ class RelayBoardRig:
 
     def writes(self) -> list[dict[str, Any]]:
         """Every coil write the board applied, oldest first: {"t": wall-clock seconds,
-        "coil": n, "value": bool}. Survives restarts (the log is appended to)."""
+        "coil": n, "value": bool}, plus "by": "pulse-timer" | "watchdog" on writes the board made
+        by itself (none on writes a Modbus request made). Survives restarts (the log is
+        appended to)."""
         try:
             text = self.write_log.read_text()
         except FileNotFoundError:
@@ -168,7 +178,8 @@ class RelayBoardRig:
 
     def restart(self, timeout: float = 10.0) -> None:
         """Stop (if running) and start again on the same port or serial device. The relays
-        start de-energised, as a real board's do after a power cycle; the write log is kept."""
+        start de-energised with no timer running and the watchdog off, as a real board's after
+        a power cycle; the write log is kept."""
         self.stop()
         self._launch(timeout)
 
