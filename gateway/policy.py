@@ -1,9 +1,10 @@
-"""Access policy: who may use which door or printer, when. A model, its loader, and `decide`.
+"""Access policy: who may use which door or printer, when. The model, `decide` and `scheduled_free`.
 
 Everything here is pure: frozen dataclasses and functions over them, no I/O, no clock. The policy
-document is a plain dict (the content of the future signed bundle); `Policy.from_dict` validates it
-once and builds the indexes `decide` needs (identity -> holder, holder -> resource -> schedules), so
-a decision costs a few dict look-ups whatever the size of the site.
+document is a plain dict (the `content` of a signed bundle, `gateway.bundle`); `Policy.from_dict`
+validates it once (the loader is `gateway.policy_load`) and builds the indexes `decide` needs
+(identity -> holder, holder -> resource -> schedules), so a decision costs a few dict look-ups
+whatever the size of the site. docs/policy.md describes every key.
 
 Document shape (every list index and key is named in errors, e.g. `people[3].identities[0]`)::
 
@@ -17,11 +18,14 @@ Document shape (every list index and key is named in errors, e.g. `people[3].ide
     temporary_cards: [{identity, person, valid_from, valid_until, suspends_regular?}]
     substitute_cards: [{id, identity, role | person, valid_from, valid_until}]
     two_person: [{door, within_seconds}]
+    door_modes: {door: {free_access: schedule name, first_person_in?: bool}}
+    lockdown_override: group name
 
 A window with `to` at or before `from` spans midnight: it opens on the listed day and closes the next
 morning. "24:00" is accepted as `to`. The schedule name "always" is built in. A holiday replaces
 every schedule but "always" by its own (or closes) for windows opening on that date, except for
-people flagged `extended_access`. Schedules are read on the site's wall clock (zoneinfo), so a
+people flagged `holiday_exempt`; people flagged `extended_access` get a door's extended access time
+(accessibility: `Policy.extended_time`). Schedules are read on the site's wall clock (zoneinfo), so a
 window in the hour skipped in spring never opens and one in the hour repeated in autumn opens twice.
 Credential windows are half-open: valid from `valid_from` (inclusive) until `valid_until` (exclusive).
 """
@@ -29,20 +33,19 @@ Credential windows are half-open: valid from `valid_from` (inclusive) until `val
 from __future__ import annotations
 
 import enum
-import gc
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 from gateway.domain import Decision
 from gateway.errors import InputError
 
 __all__ = [
-    "REASONS", "Decision", "DecisionState", "Holder", "Mode", "Pending", "Policy", "PolicyError",
-    "Schedule", "Window", "decide", "normalise_identity",
+    "REASONS", "Decision", "DecisionState", "FreeAccess", "Holder", "Mode", "Pending", "Policy",
+    "PolicyError", "Schedule", "Window", "decide", "normalise_identity", "scheduled_free",
 ]
 
 REASONS = frozenset({
@@ -53,7 +56,8 @@ REASONS = frozenset({
 })
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ALWAYS = "always"
-EXTENDED_ACCESS = "extended_access"
+HOLIDAY_EXEMPT = "holiday_exempt"  # flag: holidays do not apply to this person
+EXTENDED_ACCESS = "extended_access"  # flag: the door's extended access time (accessibility)
 VERBATIM_TYPES = ("serial", "cn", "oid")
 
 
@@ -247,6 +251,15 @@ class DecisionState:
         return self
 
 
+class FreeAccess(NamedTuple):
+    """A door's scheduled free access (`door_modes.<door>` in the document): the door is unlocked
+    while `schedule` is open; with `first_person_in`, only once an authorised person has badged
+    during that window (the caller keeps that latch; see `scheduled_free`)."""
+
+    schedule: Schedule
+    first_person_in: bool
+
+
 @dataclass(frozen=True)
 class Policy:
     zone: ZoneInfo
@@ -257,6 +270,9 @@ class Policy:
     suspensions: Mapping[str, tuple[Suspension, ...]]  # person id -> temporary-card windows
     holidays: Mapping[date, Schedule]
     two_person: Mapping[str, float]  # door -> seconds
+    groups: frozenset[str]
+    free_access: Mapping[str, FreeAccess]  # door -> its scheduled free access
+    lockdown_override: str | None  # the group that passes a lockdown (with its own access)
 
     @property
     def resources(self) -> frozenset[str]:
@@ -266,16 +282,17 @@ class Policy:
     def from_dict(cls, doc: Any, today: date | None = None) -> Policy:
         """Validate a policy document and index it. `today` is the reference date for 2-digit-year
         personal identity numbers (default: the current date). Raises PolicyError naming the path
-        of the first bad field, e.g. `people[3].identities[0]`."""
-        # The load allocates a few objects per person and frees nothing cyclic: pausing the
-        # collector's repeated full passes over them cuts a 100,000-person load by a quarter.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
-            return _Loader(today or date.today()).load(doc)
-        finally:
-            if paused:
-                gc.enable()
+        of the first bad field, e.g. `people[3].identities[0]`; nothing else, whatever `doc` is."""
+        from gateway.policy_load import load  # the loader builds Policy: imported here, no cycle
+
+        return load(doc, today or date.today())
+
+    def extended_time(self, identity_key: str, today: date | None = None) -> bool:
+        """Does the holder of `identity_key` get a door's extended access time (flag
+        `extended_access`, for people who need longer to pass)? False for an unknown or
+        unparsable key. `today` as for `normalise_identity`."""
+        holder = _holder(self, identity_key, today or date.today())
+        return holder is not None and EXTENDED_ACCESS in holder.flags
 
 
 # --- decisions -----------------------------------------------------------------------------------
@@ -373,274 +390,25 @@ def decide(policy: Policy, identity_key: str, resource: str, at: datetime,
     return Decision(True, "granted", person, ("unlock",))
 
 
-# --- loading -------------------------------------------------------------------------------------
+def scheduled_free(policy: Policy, door: str, at: datetime) -> bool:
+    """Is `door`'s free-access schedule (`door_modes.<door>.free_access`) open at the aware
+    instant `at`?
 
-_TOP = {"time_zone", "doors", "printers", "schedules", "holidays", "access_levels", "groups", "people",
-        "temporary_cards", "substitute_cards", "two_person", "version"}
-_TIME = re.compile(r"(\d{2}):(\d{2})(?::(\d{2}))?")
-
-
-def _fail(path: str, expected: str, got: object) -> PolicyError:
-    return PolicyError(f"{path}: expected {expected}, got {got!r}")
-
-
-def _obj(v: object, path: str, keys: set[str], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise _fail(path, "a table", v)
-    extra = v.keys() - keys
-    if extra:
-        raise PolicyError(f"{path}.{sorted(map(str, extra))[0]}: unknown key; expected one of "
-                          f"{', '.join(sorted(keys))}")
-    for k in required:
-        if k not in v:
-            raise PolicyError(f"{path}.{k}: missing")
-    return v
-
-
-def _join(path: str | tuple[str, int, str, int]) -> str:
-    return path if isinstance(path, str) else f"{path[0]}[{path[1]}].{path[2]}[{path[3]}]"
-
-
-def _table(v: object, path: str) -> dict[str, Any]:
-    """A table of named entries (any keys)."""
-    if not isinstance(v, dict):
-        raise _fail(path, "a table of named entries", v)
-    return v
-
-
-def _list(v: object, path: str) -> list[Any]:
-    if not isinstance(v, list):
-        raise _fail(path, "a list", v)
-    return v
-
-
-def _name(v: object, path: str) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise _fail(path, "a non-empty string", v)
-    return v
-
-
-def _names(v: object, path: str, known: Mapping[str, object] | frozenset[str] | None = None,
-           what: str = "") -> list[str]:
-    out = []
-    for i, n in enumerate(_list(v, path)):
-        n = _name(n, f"{path}[{i}]")
-        if known is not None and n not in known:
-            raise _fail(f"{path}[{i}]", f"the name of {what}", n)
-        out.append(n)
-    return out
-
-
-def _clock(v: object, path: str) -> int:
-    m = _TIME.fullmatch(v) if isinstance(v, str) else None
-    if m is None:
-        raise _fail(path, "a time 'HH:MM' or 'HH:MM:SS'", v)
-    h, mi, s = int(m[1]), int(m[2]), int(m[3] or 0)
-    if (h, mi, s) != (24, 0, 0) and (h > 23 or mi > 59 or s > 59):
-        raise _fail(path, "a time between 00:00 and 24:00", v)
-    return h * 3600 + mi * 60 + s
-
-
-def _instant(v: object, path: str) -> float:
+    Read on the site's wall clock with the holiday rules `decide` applies to a person without
+    `holiday_exempt`: on a holiday the holiday's schedule replaces it (closed all day for a closed
+    holiday) unless it is "always". False for a door without scheduled free access and for a naive
+    or unrepresentable `at` (never guessed: the door stays locked). First-person-in is the
+    caller's to apply: it alone knows who badged since the window opened. Never raises.
+    """
+    rule = policy.free_access.get(door)
+    if rule is None:
+        return False
     try:
-        dt = datetime.fromisoformat(v) if isinstance(v, str) else None
-    except ValueError:
-        dt = None
-    if dt is None or dt.utcoffset() is None:
-        raise _fail(path, "an ISO 8601 date-time with a UTC offset", v)
-    return dt.timestamp()
+        if at.utcoffset() is None:
+            return False
+        local = at.astimezone(policy.zone)
+    except (OverflowError, ValueError, TypeError, AttributeError):
+        return False
+    return _schedule_open(policy, (rule.schedule,), local, False)[0]
 
 
-def _window(path: str, v: object) -> tuple[float, float]:
-    d = _obj(v, path, {"valid_from", "valid_until"}, ("valid_from", "valid_until"))
-    start, end = _instant(d["valid_from"], f"{path}.valid_from"), _instant(d["valid_until"],
-                                                                           f"{path}.valid_until")
-    if end <= start:
-        raise _fail(f"{path}.valid_until", "an instant after valid_from", d["valid_until"])
-    return start, end
-
-
-class _Loader:
-    def __init__(self, today: date) -> None:
-        self.today = today
-        self.holders: dict[str, Holder] = {}
-        self.by_group: dict[str, Mapping[str, tuple[Schedule, ...]]] = {}
-
-    def identity(self, v: object, path: str | tuple[str, int, str, int]) -> str:
-        # `path` may come as parts, joined only on error: 100,000 people make f-strings add up.
-        try:
-            key = normalise_identity(v, self.today)  # type: ignore[arg-type]  # checked inside
-        except PolicyError as e:
-            raise PolicyError(f"{_join(path)}: {e}") from None
-        if key in self.holders:
-            raise PolicyError(f"{_join(path)}: identity {key!r} is already used by "
-                              f"{self.holders[key].person}")
-        return key
-
-    def load(self, doc: object) -> Policy:
-        d = _obj(doc, "policy", _TOP, ("time_zone",))
-        try:
-            zone = ZoneInfo(_name(d["time_zone"], "time_zone"))
-        except (ZoneInfoNotFoundError, ValueError):
-            raise _fail("time_zone", "an IANA time zone such as Europe/Stockholm", d["time_zone"]) from None
-        doors = frozenset(_names(d.get("doors", []), "doors"))
-        printers = frozenset(_names(d.get("printers", []), "printers"))
-        for i, n in enumerate(_names(d.get("printers", []), "printers")):
-            if n in doors:
-                raise _fail(f"printers[{i}]", "a name not already used by a door", n)
-        resources = doors | printers
-        schedules = self.schedules(d.get("schedules", {}))
-        holidays: dict[date, Schedule] = {}
-        for i, h in enumerate(_list(d.get("holidays", []), "holidays")):
-            p = f"holidays[{i}]"
-            h = _obj(h, p, {"date", "schedule", "name"}, ("date",))
-            try:
-                day = date.fromisoformat(h["date"]) if isinstance(h["date"], str) else None
-            except ValueError:
-                day = None
-            if day is None or day in holidays:
-                raise _fail(f"{p}.date", "a date YYYY-MM-DD not listed before", h["date"])
-            name = h.get("schedule")
-            if name is not None and name not in schedules:
-                raise _fail(f"{p}.schedule", "the name of a schedule, or null for closed", name)
-            holidays[day] = CLOSED if name is None else schedules[name]
-        levels: dict[str, tuple[frozenset[str], Schedule]] = {}
-        for name, lv in _table(d.get("access_levels", {}), "access_levels").items():
-            p = f"access_levels.{name}"
-            lv = _obj(lv, p, {"resources", "schedule"}, ("resources", "schedule"))
-            res = _names(lv["resources"], f"{p}.resources", resources, "a door or printer")
-            sched = lv["schedule"]
-            if sched not in schedules:
-                raise _fail(f"{p}.schedule", "the name of a schedule", sched)
-            levels[name] = (frozenset(res), schedules[sched])
-        groups: dict[str, tuple[str, ...]] = {}
-        for name, g in _table(d.get("groups", {}), "groups").items():
-            p = f"groups.{name}"
-            g = _obj(g, p, {"access_levels", "description"}, ())
-            groups[name] = tuple(_names(g.get("access_levels", []), f"{p}.access_levels", levels,
-                                        "an access level"))
-        self.levels, self.groups = levels, groups
-        self.resolve_groups()
-        people = self.people(d.get("people", []))
-        suspensions: dict[str, list[Suspension]] = {}
-        for i, c in enumerate(_list(d.get("temporary_cards", []), "temporary_cards")):
-            p = f"temporary_cards[{i}]"
-            c = _obj(c, p, {"identity", "person", "valid_from", "valid_until", "suspends_regular"},
-                     ("identity", "person"))
-            key = self.identity(c["identity"], f"{p}.identity")
-            who = people.get(c["person"]) if isinstance(c["person"], str) else None
-            if who is None:
-                raise _fail(f"{p}.person", "the id of a person", c["person"])
-            valid = _window(p, {k: c.get(k) for k in ("valid_from", "valid_until")})
-            suspends = c.get("suspends_regular", False)
-            if not isinstance(suspends, bool):
-                raise _fail(f"{p}.suspends_regular", "true or false", suspends)
-            self.holders[key] = Holder(who.person, "temporary", who.groups, self.grants(who.groups),
-                                       EXTENDED_ACCESS in who.flags, valid)
-            if suspends:
-                suspensions.setdefault(who.person, []).append(Suspension(*valid))
-        seen_subs: set[str] = set()
-        for i, c in enumerate(_list(d.get("substitute_cards", []), "substitute_cards")):
-            p = f"substitute_cards[{i}]"
-            c = _obj(c, p, {"id", "identity", "role", "person", "valid_from", "valid_until"},
-                     ("id", "identity"))
-            sid = _name(c["id"], f"{p}.id")
-            if sid in seen_subs or sid in people:
-                raise _fail(f"{p}.id", "an id used by no person or other substitute card", sid)
-            seen_subs.add(sid)
-            key = self.identity(c["identity"], f"{p}.identity")
-            if ("role" in c) == ("person" in c):
-                raise PolicyError(f"{p}: expected exactly one of role (a group) or person")
-            if "role" in c:
-                if c["role"] not in groups:
-                    raise _fail(f"{p}.role", "the name of a group", c["role"])
-                sub_groups, exempt = frozenset((c["role"],)), False
-            else:
-                who = people.get(c["person"]) if isinstance(c["person"], str) else None
-                if who is None:
-                    raise _fail(f"{p}.person", "the id of a person", c["person"])
-                sub_groups, exempt = who.groups, EXTENDED_ACCESS in who.flags
-            valid = _window(p, {k: c.get(k) for k in ("valid_from", "valid_until")})
-            self.holders[key] = Holder(sid, "substitute", sub_groups, self.grants(sub_groups), exempt, valid)
-        two_person: dict[str, float] = {}
-        for i, r in enumerate(_list(d.get("two_person", []), "two_person")):
-            p = f"two_person[{i}]"
-            r = _obj(r, p, {"door", "within_seconds"}, ("door", "within_seconds"))
-            if r["door"] not in doors or r["door"] in two_person:
-                raise _fail(f"{p}.door", "the name of a door not listed before", r["door"])
-            n = r["within_seconds"]
-            if isinstance(n, bool) or not isinstance(n, int | float) or not 0 < n <= 3600:
-                raise _fail(f"{p}.within_seconds", "seconds, more than 0 and at most 3600", n)
-            two_person[r["door"]] = float(n)
-        return Policy(zone, doors, printers, people, self.holders,
-                      {k: tuple(v) for k, v in suspensions.items()}, holidays, two_person)
-
-    def schedules(self, raw: object) -> dict[str, Schedule]:
-        out = {ALWAYS: ALWAYS_SCHEDULE}
-        for name, windows in _table(raw, "schedules").items():
-            if name == ALWAYS:
-                raise _fail(f"schedules.{name}", "a name other than the built-in 'always'", name)
-            ws: list[Window] = []
-            for j, w in enumerate(_list(windows, f"schedules.{name}")):
-                p = f"schedules.{name}[{j}]"
-                w = _obj(w, p, {"days", "from", "to"}, ("days", "from", "to"))
-                days = _names(w["days"], f"{p}.days", frozenset(DAYS), "a day (mon..sun)")
-                start, end = _clock(w["from"], f"{p}.from"), _clock(w["to"], f"{p}.to")
-                if start == 86_400:
-                    raise _fail(f"{p}.from", "a time before 24:00", w["from"])
-                if end == start:
-                    raise _fail(f"{p}.to", "a time other than 'from' (a window may span midnight)", w["to"])
-                if end < start:
-                    end += 86_400
-                ws.extend(Window(DAYS.index(day), start, end) for day in days)
-            out[name] = Schedule.of(name, tuple(ws))
-        return out
-
-    def grants(self, groups: frozenset[str]) -> tuple[Mapping[str, tuple[Schedule, ...]], ...]:
-        # Resolved once per group and shared by reference: a load never multiplies people by doors.
-        by_group = self.by_group
-        return tuple([by_group[g] for g in groups])
-
-    def resolve_groups(self) -> None:
-        for group, levels in self.groups.items():
-            acc: dict[str, list[Schedule]] = {}
-            for lv in levels:
-                res, sched = self.levels[lv]
-                for r in res:
-                    lst = acc.setdefault(r, [])
-                    if sched not in lst:
-                        lst.append(sched)
-            self.by_group[group] = {r: tuple(v) for r, v in acc.items()}
-
-    def people(self, raw: object) -> dict[str, Holder]:
-        people: dict[str, Holder] = {}
-        allowed = {"id", "identities", "groups", "flags", "print_user"}
-        known_groups = self.groups
-        for i, pd in enumerate(_list(raw, "people")):
-            # Fast checks first; the slow, path-naming validators run only to word an error.
-            if not (type(pd) is dict and pd.keys() <= allowed and "id" in pd and "identities" in pd):
-                _obj(pd, f"people[{i}]", allowed, ("id", "identities"))
-            pid, ids = pd["id"], pd["identities"]
-            if type(pid) is not str or not pid.strip():
-                _name(pid, f"people[{i}].id")
-            if pid in people:
-                raise _fail(f"people[{i}].id", "an id not used by another person", pid)
-            if type(ids) is not list:
-                _list(ids, f"people[{i}].identities")
-            keys = tuple(self.identity(k, ("people", i, "identities", j)) for j, k in enumerate(ids))
-            raw_groups = pd.get("groups", [])
-            if type(raw_groups) is not list or not all(type(g) is str and g in known_groups
-                                                        for g in raw_groups):
-                _names(raw_groups, f"people[{i}].groups", known_groups, "a group")
-            raw_flags = pd.get("flags", [])
-            if raw_flags:
-                _names(raw_flags, f"people[{i}].flags")
-            print_user = pd.get("print_user")
-            if print_user is not None and (type(print_user) is not str or not print_user.strip()):
-                _name(print_user, f"people[{i}].print_user")
-            groups, flags = frozenset(raw_groups), frozenset(raw_flags)
-            holder = people[pid] = Holder(pid, "regular", groups, self.grants(groups),
-                                          EXTENDED_ACCESS in flags, None, flags, print_user)
-            for k in keys:
-                self.holders[k] = holder
-        return people

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,12 +15,14 @@ from gateway.errors import InputError
 from gateway.policy import (
     REASONS,
     DecisionState,
+    FreeAccess,
     Mode,
     Pending,
     Policy,
     PolicyError,
     decide,
     normalise_identity,
+    scheduled_free,
 )
 
 STHLM = ZoneInfo("Europe/Stockholm")
@@ -34,7 +37,7 @@ def local(text: str) -> datetime:
 def doc() -> dict[str, Any]:
     return {
         "time_zone": "Europe/Stockholm",
-        "doors": ["main", "lab", "vault", "night", "plant"],
+        "doors": ["main", "lab", "vault", "night", "plant", "lobby", "porch"],
         "printers": ["p1"],
         "schedules": {
             "office": [{"days": ["mon", "tue", "wed", "thu", "fri"], "from": "07:00", "to": "18:00"}],
@@ -69,8 +72,10 @@ def doc() -> dict[str, Any]:
             {"id": "p-erin", "identities": ["cn:Erin E"], "groups": ["plant"]},
             {"id": "p-sec", "identities": ["upn:sec@example.se"], "groups": ["security", "staff"]},
             {"id": "p-xena", "identities": ["upn:xena@example.se"], "groups": ["staff"],
-             "flags": ["extended_access"]},
+             "flags": ["holiday_exempt"]},
             {"id": "p-nobody", "identities": ["upn:nobody@example.se"]},
+            {"id": "p-yuki", "identities": ["upn:yuki@example.se"], "groups": ["staff"],
+             "flags": ["extended_access"]},
         ],
         "temporary_cards": [
             {"identity": "serial:TMP-1", "person": "p-alice", "suspends_regular": True,
@@ -83,6 +88,13 @@ def doc() -> dict[str, Any]:
              "valid_from": "2026-06-01T09:00:00+02:00", "valid_until": "2026-06-01T12:00:00+02:00"},
         ],
         "two_person": [{"door": "vault", "within_seconds": 30}],
+        "door_modes": {
+            "lobby": {"free_access": "office"},
+            "night": {"free_access": "night", "first_person_in": True},
+            "plant": {"free_access": "dst-hour", "first_person_in": False},
+            "porch": {"free_access": "always"},
+        },
+        "lockdown_override": "security",
     }
 
 
@@ -302,7 +314,7 @@ class TestHolidays:
     def test_outside_regular_hours_on_a_holiday_is_still_outside_schedule(self) -> None:
         assert reason("email:bob@example.se", "main", local("2026-12-25 20:00")) == "outside-schedule"
 
-    def test_always_levels_and_extended_access_people_ignore_holidays(self) -> None:
+    def test_always_levels_and_holiday_exempt_people_ignore_holidays(self) -> None:
         assert reason("hsa:SE2321000016-ABC1", "vault", local("2026-12-25 03:00"), NORMAL) != "holiday"
         assert reason("upn:xena@example.se", "main", local("2026-12-25 12:00")) == "granted"
 
@@ -421,7 +433,215 @@ class TestModes:
         assert reason("email:bob@example.se", "p1", MONDAY_9, state) == "granted"
 
 
+# --- scheduled free access, lockdown override, flags ----------------------------------------------
+
+def free(door: str, when: str | datetime) -> bool:
+    return scheduled_free(POLICY, door, local(when) if isinstance(when, str) else when)
+
+
+class TestDoorModesInTheDocument:
+    def test_free_access_and_lockdown_override_are_exposed_on_the_policy(self) -> None:
+        assert set(POLICY.free_access) == {"lobby", "night", "plant", "porch"}
+        night = POLICY.free_access["night"]
+        assert (night.schedule.name, night.first_person_in) == ("night", True)
+        assert POLICY.free_access["lobby"] == FreeAccess(POLICY.free_access["lobby"].schedule, False)
+        assert POLICY.lockdown_override == "security"
+        assert "staff" in POLICY.groups
+
+    def test_both_are_optional(self) -> None:
+        d = doc()
+        del d["door_modes"], d["lockdown_override"]
+        p = Policy.from_dict(d, TODAY)
+        assert (dict(p.free_access), p.lockdown_override) == ({}, None)
+        assert not scheduled_free(p, "lobby", MONDAY_9)
+
+    @pytest.mark.parametrize(("mutate", "path"), [
+        (lambda d: d["door_modes"].update(attic={"free_access": "office"}), r"door_modes\.attic: .*a door"),
+        (lambda d: d["door_modes"].update(p1={"free_access": "office"}), r"door_modes\.p1: .*a door"),
+        (lambda d: d["door_modes"]["lobby"].update(free_access="brunch"),
+         r"door_modes\.lobby\.free_access: .*a schedule"),
+        (lambda d: d["door_modes"]["lobby"].update(free_access=["office"]),
+         r"door_modes\.lobby\.free_access: .*a schedule"),
+        (lambda d: d["door_modes"]["lobby"].update(first_person_in="yes"),
+         r"door_modes\.lobby\.first_person_in: expected true or false"),
+        (lambda d: d["door_modes"]["lobby"].update(colour="red"), r"door_modes\.lobby\.colour: unknown key"),
+        (lambda d: d["door_modes"].update(lobby={}), r"door_modes\.lobby\.free_access: missing"),
+        (lambda d: d["door_modes"].update(lobby="office"), r"door_modes\.lobby: expected a table"),
+        (lambda d: d.update(door_modes=[]), r"door_modes: expected a table"),
+        (lambda d: d.update(lockdown_override="ghosts"), r"lockdown_override: .*a group, got 'ghosts'"),
+        (lambda d: d.update(lockdown_override=["security"]), r"lockdown_override: .*a group"),
+    ])
+    def test_invalid_door_modes_and_override_are_named_by_path(self, mutate: Any, path: str) -> None:
+        d = doc()
+        mutate(d)
+        with pytest.raises(PolicyError, match=f"^{path}"):
+            Policy.from_dict(d, TODAY)
+
+
+class TestScheduledFree:
+    @pytest.mark.parametrize(("when", "expected"), [
+        ("2026-06-01 06:59:59", False), ("2026-06-01 07:00", True), ("2026-06-01 17:59:59", True),
+        ("2026-06-01 18:00", False), ("2026-06-06 10:00", False),  # a Saturday
+    ])
+    def test_open_exactly_while_the_schedule_is(self, when: str, expected: bool) -> None:
+        assert free("lobby", when) is expected
+
+    @pytest.mark.parametrize(("when", "expected"), [
+        ("2026-06-01 21:59:59", False), ("2026-06-01 22:00", True), ("2026-06-01 23:59:59", True),
+        ("2026-06-02 00:00", True), ("2026-06-02 05:59:59", True), ("2026-06-02 06:00", False),
+    ])
+    def test_a_window_spanning_midnight_holds_on_both_sides(self, when: str, expected: bool) -> None:
+        assert free("night", when) is expected
+
+    def test_the_morning_part_belongs_to_the_previous_evenings_window(self) -> None:
+        d = doc()
+        d["schedules"]["night"][0]["days"] = ["mon"]
+        p = Policy.from_dict(d, TODAY)
+        assert scheduled_free(p, "night", local("2026-06-02 03:00"))      # Tuesday early
+        assert not scheduled_free(p, "night", local("2026-06-01 03:00"))  # Monday early
+        assert not scheduled_free(p, "night", local("2026-06-02 22:30"))  # Tuesday evening
+
+    def test_spring_forward_a_window_in_the_skipped_hour_never_opens(self) -> None:
+        start = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)  # 01:00 CET; 02:00 CET never comes
+        assert not any(free("plant", start + timedelta(minutes=m)) for m in range(180))
+        assert free("plant", "2026-04-05 02:30")  # the next Sunday it does
+
+    def test_autumn_back_the_repeated_hour_is_free_both_times(self) -> None:
+        assert free("plant", datetime(2026, 10, 25, 0, 30, tzinfo=UTC))      # 02:30 CEST
+        assert free("plant", datetime(2026, 10, 25, 1, 30, tzinfo=UTC))      # 02:30 CET
+        assert not free("plant", datetime(2026, 10, 25, 2, 0, tzinfo=UTC))   # 03:00 CET
+        assert not free("plant", datetime(2026, 10, 24, 23, 59, 59, tzinfo=UTC))
+
+    def test_office_hours_follow_the_wall_clock_across_the_change(self) -> None:
+        assert free("lobby", datetime(2026, 3, 27, 6, 0, tzinfo=UTC))          # 07:00 CET
+        assert free("lobby", datetime(2026, 3, 30, 5, 0, tzinfo=UTC))          # 07:00 CEST
+        assert not free("lobby", datetime(2026, 3, 30, 4, 59, 59, tzinfo=UTC))
+
+    def test_holidays_apply_as_to_a_person_without_exemption(self) -> None:
+        assert not free("lobby", "2026-12-24 09:00")   # holiday schedule 10-14 stands in
+        assert free("lobby", "2026-12-24 10:00")
+        assert not free("lobby", "2026-12-24 14:00")
+        assert not free("lobby", "2026-12-25 12:00")   # closed holiday
+        assert not free("night", "2026-12-25 23:00")   # the evening window opens on a closed day
+        assert free("night", "2026-12-24 23:00") is False  # holiday hours stand in for 22:00-06:00
+
+    def test_an_always_schedule_ignores_holidays(self) -> None:
+        assert free("porch", "2026-12-25 03:00")
+        assert free("porch", "2026-06-06 23:59:59")
+
+    def test_first_person_in_is_left_to_the_caller(self) -> None:
+        assert POLICY.free_access["night"].first_person_in
+        assert free("night", "2026-06-01 23:00")
+
+    def test_no_schedule_unknown_door_or_naive_time_is_not_free(self) -> None:
+        assert not free("vault", MONDAY_9)
+        assert not free("p1", MONDAY_9)
+        assert not free("no-such-door", MONDAY_9)
+        assert not scheduled_free(POLICY, "lobby", datetime(2026, 6, 1, 9))
+        assert not scheduled_free(POLICY, "porch", datetime.max.replace(tzinfo=UTC))
+
+    @settings(max_examples=200, deadline=None)
+    @given(at=st.datetimes(timezones=st.one_of(st.none(), st.timezones(), st.just(STHLM))),
+           door=st.sampled_from(["lobby", "night", "plant", "porch", "vault", "x"]))
+    def test_never_raises(self, at: datetime, door: str) -> None:
+        assert isinstance(scheduled_free(POLICY, door, at), bool)
+
+    @settings(max_examples=300, deadline=None)
+    @given(at=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1),
+                           timezones=st.just(STHLM)) | st.datetimes(timezones=st.just(UTC)))
+    def test_a_free_access_door_is_free_exactly_when_its_schedule_would_let_a_person_in(
+            self, at: datetime) -> None:
+        # lobby is free on "office"; Bob opens main on "office" and is not holiday-exempt.
+        bob = decide(POLICY, "email:bob@example.se", "main", at, NORMAL)
+        assert free("lobby", at) is bob.granted
+
+
+class TestFlags:
+    def test_extended_access_gives_extended_time_and_nothing_else(self) -> None:
+        assert POLICY.extended_time("upn:yuki@example.se")
+        assert POLICY.extended_time("UPN:Yuki@Example.SE")  # normalised like a presentation
+        assert reason("upn:yuki@example.se", "main", local("2026-12-25 12:00")) == "holiday"
+
+    def test_holiday_exempt_does_not_give_extended_time(self) -> None:
+        assert not POLICY.extended_time("upn:xena@example.se")
+        assert reason("upn:xena@example.se", "main", local("2026-12-25 12:00")) == "granted"
+
+    def test_unknown_or_garbage_keys_get_no_extended_time(self) -> None:
+        assert not POLICY.extended_time("upn:mallory@example.se")
+        assert not POLICY.extended_time("garbage")
+
+    def test_a_temporary_card_keeps_its_persons_flags_and_print_user(self) -> None:
+        d = doc()
+        d["temporary_cards"][0]["person"] = "p-yuki"
+        p = Policy.from_dict(d, TODAY)
+        assert p.extended_time("serial:TMP-1")
+        assert POLICY.holders["serial:TMP-1"].print_user == "alice"
+
+    def test_unknown_flags_are_kept_and_mean_nothing(self) -> None:
+        d = doc()
+        d["people"][0]["flags"] = ["vip"]
+        assert Policy.from_dict(d, TODAY).people["p-alice"].flags == frozenset({"vip"})
+
+
 # --- robustness ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("mutate", "path"), [
+    (lambda d: d["two_person"][0].update(door=["vault"]), r"two_person\[0\]\.door"),
+    (lambda d: d["access_levels"]["night-shift"].update(schedule=["night"]),
+     r"access_levels\.night-shift\.schedule"),
+    (lambda d: d["holidays"][0].update(schedule={"x": 1}), r"holidays\[0\]\.schedule"),
+    (lambda d: d["substitute_cards"][0].update(role=["staff"]), r"substitute_cards\[0\]\.role"),
+    (lambda d: d["temporary_cards"][0].update(person=["p-alice"]), r"temporary_cards\[0\]\.person"),
+    (lambda d: d["people"][0].update(flags=0), r"people\[0\]\.flags"),
+    (lambda d: d["people"][0].update(flags=[["x"]]), r"people\[0\]\.flags\[0\]"),
+    (lambda d: d["people"][0].update(groups=[["staff"]]), r"people\[0\]\.groups\[0\]"),
+    (lambda d: d.update(time_zone="Europe"), "time_zone"),          # a folder of zones
+    (lambda d: d.update(time_zone="x" * 5000), "time_zone"),        # too long a file name
+    (lambda d: d["schedules"]["office"][0].update(to="١٨:٠٠"), r"schedules\.office\[0\]\.to"),
+    (lambda d: d["temporary_cards"][0].update(valid_until="2026-06-31T08:00:00+02:00"),
+     r"temporary_cards\[0\]\.valid_until"),
+])
+def test_values_of_the_wrong_type_are_policy_errors_not_crashes(mutate: Any, path: str) -> None:
+    d = doc()
+    mutate(d)
+    with pytest.raises(PolicyError, match=f"^{path}"):
+        Policy.from_dict(d, TODAY)
+
+
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6)
+
+
+def _paths(v: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    inner = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    out = [at]
+    for k, child in inner:
+        out += _paths(child, (*at, k))
+    return out
+
+
+_DOC_PATHS = _paths(doc())[1:]
+
+
+@settings(max_examples=400, deadline=None)
+@given(where=st.lists(st.sampled_from(_DOC_PATHS), min_size=1, max_size=3), values=st.data())
+def test_a_document_with_any_value_anywhere_loads_or_is_a_policy_error(
+        where: list[tuple[Any, ...]], values: st.DataObject) -> None:
+    d = doc()
+    for path in where:
+        parent = d
+        try:
+            for k in path[:-1]:
+                parent = parent[k]
+            parent[path[-1]] = values.draw(_JSON)
+        except (KeyError, IndexError, TypeError):  # an earlier replacement removed the path
+            continue
+    with contextlib.suppress(PolicyError):
+        Policy.from_dict(d, TODAY)
+
 
 _KEYS = st.one_of(
     st.text(max_size=40),
