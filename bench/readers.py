@@ -17,12 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.access import Policy, check_presentation, decide
-from gateway.config import PersonConfig, ProfileConfig, TrustConfig
+from gateway.access import check_presentation, decide
+from gateway.config import ProfileConfig, TrustConfig
 from gateway.domain import CardRead, ReaderStatus
 from gateway.pki_demo import make_demo_pki
+from gateway.policy import DecisionState, Policy
 from gateway.rig.pcsc import PcscRig
 from gateway.trust.store import load_trust_store
 from readers.pcsc import PcscReader
@@ -54,10 +56,13 @@ async def measure(taps: int) -> dict[str, object]:
     store = load_trust_store(TrustConfig(
         (pki.root,), (pki.issuing,), (pki.crl, pki.root.parent / "root.crl"),
         (ProfileConfig("piv", (PIV_EKU,), (), "upn", ()),), 300, 0, "deny", "deny", "deny"))
-    policy = Policy.from_people((PersonConfig("p-alice", ("upn:alice@demo.example",),
-                                              tuple(names)),
-                                 PersonConfig("p-carol", ("upn:carol@demo.example",),
-                                              tuple(names))))
+    policy = Policy.from_dict({
+        "time_zone": "Europe/Stockholm", "doors": names,
+        "access_levels": {"all": {"resources": names, "schedule": "always"}},
+        "groups": {"staff": {"access_levels": ["all"]}},
+        "people": [{"id": "p-alice", "identities": ["upn:alice@demo.example"], "groups": ["staff"]},
+                   {"id": "p-carol", "identities": ["upn:carol@demo.example"], "groups": ["staff"]}]})
+    state = DecisionState()
     out: dict[str, object] = {}
     try:
         readers = [PcscReader(n, n, 0, PivCakProfile()) for n in names]
@@ -67,7 +72,8 @@ async def measure(taps: int) -> dict[str, object]:
 
         async def decided(i: int) -> float:
             read = await next_read(its[i])
-            d = decide(policy, check_presentation(store, read, time.time()), names[i])
+            d = decide(policy, check_presentation(store, read, time.time()), names[i],
+                       datetime.now(UTC), state)
             assert d.granted, d
             return (time.monotonic() - read.detected_at) * 1000
 
@@ -129,7 +135,8 @@ async def measure_nfc(work: Path, card: Path, store, policy, taps: int) -> list[
             it = reader.presentations()
             while len(lat) < taps:
                 read = await next_read(it)
-                d = decide(policy, check_presentation(store, read, time.time()), "Door0")
+                d = decide(policy, check_presentation(store, read, time.time()), "Door0",
+                           datetime.now(UTC), DecisionState())
                 assert d.granted, d
                 lat.append((time.monotonic() - read.detected_at) * 1000)
     finally:

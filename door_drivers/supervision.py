@@ -13,6 +13,7 @@ way out. Egress (handles, exit buttons wired to the strike supply) and fire rele
 hard-wired, and a board's own timers end a pulse even if the gateway dies.
 
 Event kinds: door.unlocked / door.locked (the strike), door.opened / door.closed (the contact),
+door.exit-request (the exit button pressed),
 alarm.held-open-prealarm, alarm.held-open, alarm.forced-open, alarm.cleared, door.fault,
 door.recovered, door.mode.
 """
@@ -182,6 +183,19 @@ class Door:
             why += " (override in lockdown)"
         return door._unlock_for(at, seconds, why, fx), tuple(fx)
 
+    def on_unlock(self, seconds: float, why: str, at: float) -> Step:
+        """A technician's unlock (e.g. for a delivery): like a grant, for `seconds`.
+
+        Ignored, like a grant, in a free mode and in FAULT. Raises ValueError for seconds that
+        are not finite and positive, and as on_tick.
+        """
+        _seconds("seconds", seconds, positive=True)
+        fx: list[Effect] = []
+        door = self._advance(at, fx)
+        if door.state is DoorState.FAULT or door.mode in _HELD_UNLOCKED:
+            return door, tuple(fx)
+        return door._unlock_for(at, seconds, why, fx), tuple(fx)
+
     def on_contact(self, open: bool, at: float) -> Step:
         """A door contact reading (repeated readings are no-ops; ignored in FAULT).
 
@@ -205,6 +219,7 @@ class Door:
             return door, tuple(fx)
         door = replace(door, exit_pressed=pressed)
         if pressed:
+            fx.append(Event("door.exit-request", "exit button pressed", at))
             door = replace(door, exit_at=at)
             if door.timing.exit_button_unlocks and door.mode is DoorMode.NORMAL:
                 door = door._unlock_for(at, door.timing.access_time, "exit button", fx)

@@ -1,29 +1,20 @@
-"""Access decisions: verified presentation -> person -> grant for a door. Pure functions.
-
-This is the minimal policy (people, identity keys, doors) plus each door's stance on incomplete
-revocation information and an untrusted clock; schedules, modes, temporary cards and signed
-policy bundles come with the doors issue.
-"""
+"""Access decisions: a presentation verified offline, the door's stance on incomplete revocation
+information and an untrusted clock, then the site's access policy (`gateway.policy.decide`).
+Pure functions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
+from datetime import datetime
 
-from gateway.config import PersonConfig, Stance
+from gateway.config import Stance
 from gateway.domain import CardRead, Decision
+from gateway.policy import DecisionState, Policy
+from gateway.policy import decide as policy_decide
 from gateway.trust.validator import Rejection, TrustStore, Validated, verify_proof
 
 PROOF_FAILED = ("proof of possession failed: the card's signature over our challenge does not "
                 "verify with the certificate's key")
-
-
-@dataclass(frozen=True)
-class Policy:
-    by_identity: dict[str, PersonConfig]
-
-    @classmethod
-    def from_people(cls, people: tuple[PersonConfig, ...]) -> Policy:
-        return cls({ident: p for p in people for ident in p.identities})
 
 
 def check_presentation(store: TrustStore, read: CardRead, at: float) -> Validated | Rejection:
@@ -42,9 +33,12 @@ def check_presentation(store: TrustStore, read: CardRead, at: float) -> Validate
 DEFAULT_STANCE = Stance()
 
 
-def decide(policy: Policy, verdict: Validated | Rejection, door: str,
-           stance: Stance = DEFAULT_STANCE) -> Decision:
-    """Grant or deny, with a reason code; alarms ride along as `alarm:<code>` actions."""
+def decide(policy: Policy | None, verdict: Validated | Rejection, resource: str, at: datetime,
+           state: DecisionState, stance: Stance = DEFAULT_STANCE) -> Decision:
+    """Grant or deny, with a reason code; alarms ride along as `alarm:<code>` actions.
+
+    No policy (none received yet, or the stored one failed verification) denies everyone with
+    `no-policy`."""
     if isinstance(verdict, Rejection):
         return Decision(False, verdict.reason)
     alarms: list[str] = []
@@ -56,9 +50,7 @@ def decide(policy: Policy, verdict: Validated | Rejection, door: str,
             if mode == "deny":
                 return Decision(False, code)
             alarms.append(f"alarm:{code}")
-    person = policy.by_identity.get(verdict.identity.key)
-    if person is None:
-        return Decision(False, "unknown-person")
-    if door not in person.doors:
-        return Decision(False, "no-access", person.id)
-    return Decision(True, "granted", person.id, ("unlock", *alarms))
+    if policy is None:
+        return Decision(False, "no-policy")
+    decision = policy_decide(policy, verdict.identity.key, resource, at, state)
+    return replace(decision, actions=(*decision.actions, *alarms)) if alarms else decision

@@ -128,9 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     bserve.add_argument("rest", nargs=argparse.REMAINDER)
     bserve.set_defaults(func=cmd_board_serve)
 
+    from gateway.cli_door import register as register_door
+
+    register_door(sub)
+
     from gateway.cli_trust import register as register_trust
 
     register_trust(sub)
+
+    from gateway.cli_policy import register as register_policy
+
+    register_policy(sub)
 
     d = sub.add_parser("demo", help="run the demo: rig, daemon, virtual cards")
     d.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")

@@ -55,11 +55,43 @@ class TrustConfig:
 
 @dataclass(frozen=True)
 class BoardConfig:
+    """A Modbus relay board: on TCP (`host`, `port`) or on an RTU serial line (`device`, `baud`).
+
+    `timed_pulse`: the board ends a pulse by its own timer (its "flash on" registers), so a dead
+    gateway cannot leave a fail-secure door unlocked. `watchdog_seconds`: the board de-energises
+    every relay after this long without a request (0: not used)."""
+
     name: str
     host: str
     port: int
+    device: str
+    baud: int
     unit: int
     timeout: float
+    poll_seconds: float
+    timed_pulse: bool
+    watchdog_seconds: int
+
+
+@dataclass(frozen=True)
+class DoorTimingConfig:
+    access: float  # the strike stays unlocked this long after a grant
+    extended_access: float  # the same for people flagged extended_access (accessibility)
+    open_too_long: float  # a door open longer after a valid opening raises held-open
+    pre_alarm: float  # the held-open pre-alarm starts this long before the alarm (0: none)
+    relock_on_close: bool
+    exit_button_unlocks: bool  # a press of the exit button also pulses the strike
+    exit_shunt: float  # an opening this soon after an exit-button press is an exit
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Optional feedback outputs (coils on the door's board): LEDs and a buzzer."""
+
+    green: int | None
+    red: int | None
+    buzzer: int | None
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -70,16 +102,26 @@ class DoorConfig:
     slot: int
     board: str
     relay: int
-    energise_to_unlock: bool
-    unlock_seconds: float
+    energise_to_unlock: bool  # strike = "fail-secure" (True) or "fail-safe" (False)
     stance: Stance
+    timing: DoorTimingConfig
+    contact_input: int | None = None
+    contact_closed_when: bool = True  # the input's value while the door is shut
+    exit_input: int | None = None
+    exit_pressed_when: bool = True  # the input's value while the button is pressed
+    feedback: FeedbackConfig = FeedbackConfig(None, None, None, 1.0)
+
+    @property
+    def unlock_seconds(self) -> float:
+        return self.timing.access
 
 
 @dataclass(frozen=True)
-class PersonConfig:
-    id: str
-    identities: tuple[str, ...]
-    doors: tuple[str, ...]
+class PolicyConfig:
+    """Where the signed policy bundle comes from and the head-office keys that may sign it."""
+
+    bundle: Path | None  # a bundle file offered at start and on reload (until MQTT sync)
+    keys: tuple[Path, ...]  # pinned head-office verification keys (PEM public keys)
 
 
 @dataclass(frozen=True)
@@ -93,7 +135,7 @@ class Config:
     trust: TrustConfig
     boards: tuple[BoardConfig, ...]
     doors: tuple[DoorConfig, ...]
-    people: tuple[PersonConfig, ...]
+    policy: PolicyConfig
 
     @property
     def database(self) -> Path:
@@ -141,6 +183,10 @@ class _Table:
         if not lo <= v <= hi:
             raise self.fail(k, f"expected a number {lo}..{hi}, got {v}")
         return v
+
+    def index(self, k: str) -> int | None:
+        """An optional 0-based coil or input number."""
+        return self.integer(k, 0, 65535, -1) if k in self.data else None
 
     def boolean(self, k: str, default: bool) -> bool:
         return self.get(k, bool, "true or false", default)
@@ -209,7 +255,7 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "(syntax)", f"expected valid TOML: {e}") from e
     top = _Table(file, "", raw)
-    top.reject_unknown({"gateway", "trust", "readers", "boards", "doors", "people"})
+    top.reject_unknown({"gateway", "trust", "readers", "boards", "doors", "policy"})
 
     gw = top.table("gateway", required=True)
     gw.reject_unknown({"id", "site", "state_dir"})
@@ -256,61 +302,101 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
 
     boards = []
     for bt in top.tables("boards"):
-        bt.reject_unknown({"name", "host", "port", "unit", "timeout_seconds"})
-        boards.append((bt, BoardConfig(bt.text("name"), bt.text("host"),
-                                       bt.integer("port", 1, 65535, 502),
-                                       bt.integer("unit", 1, 247, 1),
-                                       bt.number("timeout_seconds", 0.05, 30, 0.5))))
+        bt.reject_unknown({"name", "host", "port", "device", "baud", "unit", "timeout_seconds",
+                           "poll_ms", "timed_pulse", "watchdog_seconds"})
+        host, device = bt.text("host", ""), bt.text("device", "")
+        if bool(host) == bool(device):
+            raise bt.fail("host", "expected exactly one of host (Modbus TCP) or device (a serial "
+                                  "port for Modbus RTU, e.g. /dev/ttyUSB0)")
+        boards.append((bt, BoardConfig(
+            bt.text("name"), host, bt.integer("port", 1, 65535, 502), device,
+            bt.integer("baud", 1200, 921600, 9600), bt.integer("unit", 1, 247, 1),
+            bt.number("timeout_seconds", 0.05, 30, 0.5),
+            bt.integer("poll_ms", 10, 10_000, 100) / 1000, bt.boolean("timed_pulse", False),
+            bt.integer("watchdog_seconds", 0, 3600, 0))))
     _unique([(t, c.name) for t, c in boards], "board")
-    board_names = {c.name for _, c in boards}
+    by_board = {c.name: c for _, c in boards}
 
     doors = []
     for d in top.tables("doors"):
-        d.reject_unknown({"name", "reader", "nfc", "slot", "board", "relay",
-                          "energise_to_unlock", "unlock_seconds", "revocation_unknown",
-                          "crl_stale", "clock_behind"})
+        d.reject_unknown({"name", "reader", "nfc", "slot", "board", "relay", "strike",
+                          "unlock_seconds", "extended_unlock_seconds", "open_too_long_seconds",
+                          "pre_alarm_seconds", "relock_on_close", "exit_button_unlocks",
+                          "exit_shunt_seconds", "contact_input", "contact_closed_when",
+                          "exit_input", "exit_pressed_when", "feedback",
+                          "revocation_unknown", "crl_stale", "clock_behind"})
         reader, nfc = d.text("reader", ""), d.text("nfc", "")
         if bool(reader) == bool(nfc):
             raise d.fail("reader", "expected exactly one of reader (a PC/SC reader name) or "
                                    "nfc (an nfcpy device such as usb:072f:2200)")
         board = d.text("board")
-        if board not in board_names:
+        if board not in by_board:
             raise d.fail("board", f"expected the name of a [[boards]] entry, got {board!r}")
-        doors.append((d, DoorConfig(d.text("name"), reader, nfc, d.integer("slot", 0, 15, 0),
-                                    board, d.integer("relay", 0, 65535),
-                                    d.boolean("energise_to_unlock", True),
-                                    d.number("unlock_seconds", 0.1, 600, 5.0),
-                                    Stance(d.choice("revocation_unknown", STANCES,
-                                                    trust.revocation_unknown),
-                                           d.choice("crl_stale", STANCES, trust.crl_stale),
-                                           d.choice("clock_behind", STANCES,
-                                                    trust.clock_behind)))))
+        access = d.number("unlock_seconds", 0.1, 600, 5.0)
+        extended = d.number("extended_unlock_seconds", access, 3600, max(access, 15.0))
+        too_long = d.number("open_too_long_seconds", 1, 86400, 30.0)
+        pre = d.number("pre_alarm_seconds", 0, too_long, min(10.0, too_long / 2))
+        if pre >= too_long:
+            raise d.fail("pre_alarm_seconds", f"expected less than open_too_long_seconds "
+                                              f"({too_long:g})")
+        timing = DoorTimingConfig(access, extended, too_long, pre,
+                                  d.boolean("relock_on_close", True),
+                                  d.boolean("exit_button_unlocks", False),
+                                  d.number("exit_shunt_seconds", 0, 600, 10.0))
+        fb = d.table("feedback")
+        fb.reject_unknown({"green", "red", "buzzer", "seconds"})
+        feedback = FeedbackConfig(fb.index("green"), fb.index("red"), fb.index("buzzer"),
+                                  fb.number("seconds", 0.1, 10, 1.0))
+        relay = d.integer("relay", 0, 65535)
+        contact, exit_in = d.index("contact_input"), d.index("exit_input")
+        if contact is not None and contact == exit_in:
+            raise d.fail("exit_input", f"expected another input than contact_input ({contact})")
+        coils = [c for c in (relay, feedback.green, feedback.red, feedback.buzzer) if c is not None]
+        if len(set(coils)) != len(coils):
+            raise d.fail("feedback", f"expected coils other than the strike relay ({relay}) and "
+                                     f"each other")
+        doors.append((d, DoorConfig(
+            d.text("name"), reader, nfc, d.integer("slot", 0, 15, 0), board, relay,
+            d.choice("strike", ("fail-secure", "fail-safe"), "fail-secure") == "fail-secure",
+            Stance(d.choice("revocation_unknown", STANCES, trust.revocation_unknown),
+                   d.choice("crl_stale", STANCES, trust.crl_stale),
+                   d.choice("clock_behind", STANCES, trust.clock_behind)),
+            timing, contact,
+            d.choice("contact_closed_when", ("active", "inactive"), "active") == "active",
+            exit_in,
+            d.choice("exit_pressed_when", ("active", "inactive"), "active") == "active",
+            feedback)))
     _unique([(t, c.name) for t, c in doors], "door")
     seen_readers: dict[tuple[str, int], str] = {}
     for t, c in doors:
         other = seen_readers.setdefault((c.reader or c.nfc, c.slot), c.name)
         if other != c.name:
             raise t.fail("reader", f"reader {c.reader!r} slot {c.slot} is already door {other!r}")
-    door_names = {c.name for _, c in doors}
+    # Two doors driving one coil, or reading one input as different things, is a wiring error.
+    used: dict[tuple[str, str, int], str] = {}
+    for t, c in doors:
+        b = by_board[c.board]
+        bus = b.device or f"{b.host}:{b.port}"
+        for field, kind, n in (("relay", "coil", c.relay), ("feedback", "coil", c.feedback.green),
+                               ("feedback", "coil", c.feedback.red),
+                               ("feedback", "coil", c.feedback.buzzer),
+                               ("contact_input", "input", c.contact_input),
+                               ("exit_input", "input", c.exit_input)):
+            if n is None:
+                continue
+            other = used.setdefault((f"{bus}/{b.unit}", kind, n), c.name)
+            if other != c.name:
+                raise t.fail(field, f"{kind} {n} of board {c.board!r} is already used by door "
+                                    f"{other!r}")
 
-    people = []
-    for p in top.tables("people"):
-        p.reject_unknown({"id", "identities", "doors"})
-        ids = p.strings("identities")
-        for i, ident in enumerate(ids):
-            kind, _, value = ident.partition(":")
-            if kind not in IDENTITY_SOURCES or not value:
-                raise p.fail(f"identities[{i}]", f"expected type:value with type one of "
-                                                 f"{', '.join(IDENTITY_SOURCES)}")
-        pd = p.strings("doors", ())
-        for i, dn in enumerate(pd):
-            if dn not in door_names:
-                raise p.fail(f"doors[{i}]", f"expected the name of a [[doors]] entry, got {dn!r}")
-        canonical = tuple(i.casefold() if i.startswith(("upn:", "email:")) else i for i in ids)
-        people.append((p, PersonConfig(p.text("id"), canonical, pd)))
-    _unique([(t, c.id) for t, c in people], "id")
+    pol = top.table("policy")
+    pol.reject_unknown({"bundle", "keys"})
+    bundle = pol.text("bundle", "")
+    keys = tuple(resolve(k) for k in pol.strings("keys", ()))
+    if bundle and not keys:
+        raise pol.fail("keys", "expected at least one pinned head-office key to verify the bundle")
+    policy = PolicyConfig(resolve(bundle) if bundle else None, keys)
 
     return Config(Path(path), gw.text("id"), gw.text("site"), sd,
                   Path(sock) if sock else None, tuple(aids), trust,
-                  tuple(c for _, c in boards), tuple(c for _, c in doors),
-                  tuple(c for _, c in people))
+                  tuple(c for _, c in boards), tuple(c for _, c in doors), policy)

@@ -14,16 +14,22 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from door_drivers.modbus import BoardParams, ModbusRelayBoard
+from door_drivers.modbus import BoardParams, ModbusRelayBoard, open_boards
 from door_drivers.relay_door import RelayDoor
-from gateway.access import Policy, check_presentation, decide
-from gateway.config import Config, DoorConfig
+from door_drivers.supervision import DoorMode
+from gateway.access import check_presentation, decide
+from gateway.config import BoardConfig, Config, DoorConfig
 from gateway.control import CommandError, ControlServer
-from gateway.domain import CardFailure, CardRead, ProofScheme, ReaderStatus
-from gateway.errors import ConfigError, DoorDriverError, PortvaktError, ReaderError
+from gateway.domain import CardFailure, CardRead, Decision, ProofScheme, ReaderStatus
+from gateway.doors import BoardLink, DoorController
+from gateway.errors import ConfigError, PortvaktError, ReaderError
 from gateway.journal import Journal
+from gateway.modes import ModeBook
+from gateway.policy import DecisionState, Mode, Pending
+from gateway.policy_source import PolicySource
 from gateway.trust.store import load_trust_store
 from gateway.trust.validator import Rejection, TrustStore, Validated
 from readers.nfc import NfcReader
@@ -36,12 +42,17 @@ log = logging.getLogger(__name__)
 @dataclass
 class DoorRuntime:
     config: DoorConfig
-    driver: RelayDoor
-    pulse: asyncio.Task[None] | None = None
-    faulted: str | None = None
+    controller: DoorController
     reader_online: bool | None = None
+    last_presentation: float | None = None  # wall-clock time
     # control-API `card.check` callers waiting for this door's next presentation
     waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+
+
+def board_params(b: BoardConfig) -> BoardParams:
+    if b.device:
+        return BoardParams.rtu(b.device, baud=b.baud, unit=b.unit, timeout=b.timeout)
+    return BoardParams.tcp(b.host, b.port, unit=b.unit, timeout=b.timeout)
 
 
 @dataclass
@@ -49,11 +60,15 @@ class Gateway:
     config: Config
     journal: Journal
     trust: TrustStore
-    policy: Policy
+    policy: PolicySource
+    modes: ModeBook
     boards: dict[str, ModbusRelayBoard]
+    links: dict[str, BoardLink]
     doors: dict[str, DoorRuntime]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    door_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     control: ControlServer | None = None
+    pending: tuple[Pending, ...] = ()
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
@@ -61,13 +76,24 @@ class Gateway:
             os.environ["PCSCLITE_CSOCK_NAME"] = str(config.pcsc_socket)
         trust = load_trust_store(config.trust, config.state_dir / "crl")
         journal = Journal(config.database, config.gateway_id)
-        boards = {b.name: ModbusRelayBoard(BoardParams.tcp(b.host, b.port, unit=b.unit,
-                                                           timeout=b.timeout))
-                  for b in config.boards}
-        doors = {d.name: DoorRuntime(d, RelayDoor(boards[d.board], d.relay,
-                                                  energise_to_unlock=d.energise_to_unlock))
-                 for d in config.doors}
-        return cls(config, journal, trust, Policy.from_people(config.people), boards, doors)
+        try:
+            board_list = open_boards(board_params(b) for b in config.boards)
+        except ValueError as e:
+            raise ConfigError(str(config.file), "boards", str(e)) from None
+        boards = {b.name: board for b, board in zip(config.boards, board_list, strict=True)}
+        by_name = {b.name: b for b in config.boards}
+        doors: dict[str, DoorRuntime] = {}
+        for d in config.doors:
+            driver = RelayDoor(boards[d.board], d.relay, energise_to_unlock=d.energise_to_unlock,
+                               name=f"door {d.name}", timed_pulse=by_name[d.board].timed_pulse)
+            doors[d.name] = DoorRuntime(d, DoorController(d, driver, journal))
+        links = {b.name: BoardLink(b, boards[b.name],
+                                   [doors[d.name].controller for d in config.doors
+                                    if d.board == b.name], journal)
+                 for b in config.boards}
+        policy = PolicySource(config, journal)
+        modes = ModeBook(config.state_dir / "modes.json", tuple(doors))
+        return cls(config, journal, trust, policy, modes, boards, links, doors)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.journal.append("gateway.started", pid=os.getpid())
@@ -77,17 +103,19 @@ class Gateway:
                       "thisUpdate); doors apply their clock_behind stance", behind)
             self.journal.append("alarm.clock-behind", reason="clock-behind",
                                 behind_s=round(behind))
-        for name, board in self.boards.items():
-            try:
-                await board.connect()
-            except DoorDriverError as e:
-                log.error("relay board %s: %s", name, e)
-                self.journal.append("board.fault", reason="unreachable", board=name, detail=str(e))
+        self.policy.start()
         for door in self.doors.values():
-            await self._force_safe(door)
-        self.control = ControlServer(self.config.state_dir / "control.sock",
-                                     {"status": self._cmd_status,
-                                      "card.check": self._cmd_card_check})
+            door.controller.on_change = self._door_changed
+            self.door_tasks.append(asyncio.create_task(door.controller.run(),
+                                                       name=f"door-{door.config.name}"))
+        self._apply_modes()
+        for link in self.links.values():
+            self.tasks.append(asyncio.create_task(link.run(), name=f"board-{link.name}"))
+        self.tasks.append(asyncio.create_task(self._mode_loop(), name="modes"))
+        self.control = ControlServer(self.config.state_dir / "control.sock", {
+            "status": self._cmd_status, "card.check": self._cmd_card_check,
+            "door.list": self._cmd_door_list, "door.unlock": self._cmd_door_unlock,
+            "door.mode": self._cmd_door_mode, "policy.reload": self._cmd_policy_reload})
         await self.control.start()
         profile = PivCakProfile(self.config.aids)
         for door in self.doors.values():
@@ -104,16 +132,38 @@ class Gateway:
         finally:
             await self.shutdown()
 
-    async def _force_safe(self, door: DoorRuntime) -> None:
-        try:
-            await door.driver.force_safe()
-            door.faulted = None
-        except DoorDriverError as e:
-            door.faulted = str(e)
-            log.error("door %s: cannot force the relay safe: %s", door.config.name, e)
-            self.journal.append("door.fault", door=door.config.name, reason="relay-unreachable",
-                                detail=str(e))
+    # --- modes --------------------------------------------------------------------------------
+    def _apply_modes(self) -> None:
+        """Give every door the mode that applies now: site and manual modes, free-access
+        schedules (with first-person-in), the stricter winning."""
+        at = datetime.now(UTC)
+        for name, door in self.doors.items():
+            mode = self.modes.effective(name, self.policy.current, at)
+            if door.controller.machine.mode is not mode:
+                door.controller.set_mode(mode)
 
+    async def _mode_loop(self) -> None:
+        """Re-evaluate schedules on every second boundary; watch the policy's validity."""
+        while True:
+            await asyncio.sleep(1.0 - time.time() % 1.0)
+            self._apply_modes()
+            self.policy.watch(time.time())
+
+    def _door_changed(self, controller: DoorController) -> None:
+        pass  # a hook for the live dashboard (issue 8)
+
+    def _decision_state(self) -> DecisionState:
+        book = self.modes
+        return DecisionState(
+            site_mode=Mode(book.site.value),
+            door_modes={n: Mode(d.controller.machine.mode.value) for n, d in self.doors.items()
+                        if d.controller.machine.mode is not DoorMode.NORMAL},
+            lockdown_override=self.policy.current.lockdown_override
+            if self.policy.current is not None else None,
+            faulted=frozenset(n for n, d in self.doors.items() if d.controller.faulted),
+            pending=self.pending)
+
+    # --- readers ------------------------------------------------------------------------------
     async def _reader_loop(self, door: DoorRuntime, reader: PcscReader | NfcReader) -> None:
         backoff = 0.5
         while True:
@@ -141,19 +191,23 @@ class Gateway:
             self.journal.append("reader.online" if item.online else "reader.offline", door=name,
                                 device=item.device, detail=item.detail)
             return
+        door.last_presentation = time.time()
         if isinstance(item, CardFailure):
             self.journal.append("access.denied", door=name, reason=item.reason,
                                 detail=item.detail, transport=item.transport)
+            door.controller.signal(False)
             self._tell_waiters(door, {"failure": {"reason": item.reason, "detail": item.detail,
                                                   "transport": item.transport}})
             return
         verdict = check_presentation(self.trust, item, time.time())
-        decision = decide(self.policy, verdict, name, door.config.stance)
-        if decision.granted and door.faulted is None:
-            if door.pulse is None or door.pulse.done():
-                door.pulse = asyncio.create_task(self._pulse(door), name=f"pulse-{name}")
-        elif decision.granted:
-            decision = decision.__class__(False, "door-faulted", decision.person)
+        now = datetime.now(UTC)
+        state = self._decision_state()
+        policy = self.policy.current
+        decision = decide(policy, verdict, name, now, state, door.config.stance)
+        self.pending = state.after(decision, name, now).pending
+        unlock = decision.granted and "unlock" in decision.actions
+        if unlock and door.controller.faulted:
+            decision, unlock = Decision(False, "door-faulted", decision.person), False
         elapsed_ms = round((time.monotonic() - item.detected_at) * 1000, 2)
         fields: dict[str, Any] = {"transport": item.transport, "decision_ms": elapsed_ms}
         if isinstance(verdict, Rejection):
@@ -165,8 +219,17 @@ class Gateway:
         alarms = [a.removeprefix("alarm:") for a in decision.actions if a.startswith("alarm:")]
         if alarms:
             fields["alarms"] = alarms
+        modes = [a.removeprefix("mode:") for a in decision.actions if a.startswith("mode:")]
+        if modes:
+            fields["mode"] = modes[0]
         self.journal.append("access.granted" if decision.granted else "access.denied",
                             door=name, person=decision.person, reason=decision.reason, **fields)
+        if unlock and isinstance(verdict, Validated):
+            door.controller.grant(extended=policy is not None
+                                  and policy.extended_time(verdict.identity.key))
+            if self.modes.first_person_in(name, policy, now):
+                self._apply_modes()
+        door.controller.signal(decision.granted)
         self._tell_waiters(door, {"read": read_to_json(item), "verdict": verdict_to_json(verdict),
                                   "decision": {"granted": decision.granted,
                                                "reason": decision.reason}})
@@ -180,14 +243,74 @@ class Gateway:
                 fut.set_result(result)
 
     # --- control API ----------------------------------------------------------------------
+    def _doors_json(self) -> list[dict[str, Any]]:
+        out = []
+        for d in self.doors.values():
+            snap = d.controller.snapshot()
+            out.append({"name": d.config.name, "reader": d.config.reader or None,
+                        "nfc": d.config.nfc or None, "reader_online": d.reader_online,
+                        "board": d.config.board,
+                        "board_online": self.links[d.config.board].online,
+                        "state": snap.state, "mode": snap.mode, "alarm": snap.alarm,
+                        "faulted": snap.fault, "unlocked": snap.strike_unlocked,
+                        "contact_open": snap.contact_open,
+                        "manual_mode": self.modes.door_mode(d.config.name).value,
+                        "last_presentation": d.last_presentation})
+        return out
+
     async def _cmd_status(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
         return {"gateway": self.config.gateway_id, "site": self.config.site,
-                "doors": [{"name": d.config.name, "reader": d.config.reader or None,
-                           "nfc": d.config.nfc or None, "reader_online": d.reader_online,
-                           "faulted": d.faulted,
-                           "unlocked": d.pulse is not None and not d.pulse.done()}
-                          for d in self.doors.values()],
+                "site_mode": self.modes.site.value, "doors": self._doors_json(),
+                "boards": [{"name": n, "online": link.online, "error": link.last_error}
+                           for n, link in self.links.items()],
+                "policy": self.policy.status(time.time()),
                 "journal_fault": self.journal.fault}
+
+    async def _cmd_door_list(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        return {"site_mode": self.modes.site.value, "doors": self._doors_json()}
+
+    async def _cmd_door_unlock(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        door = self._door_for(msg)
+        seconds = msg.get("seconds", door.config.timing.access)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                or not 0 < seconds <= 3600:
+            raise CommandError("seconds: expected a number, 0 < seconds <= 3600")
+        if door.controller.faulted:
+            raise CommandError(f"door {door.config.name!r} is faulted: "
+                               f"{door.controller.machine.fault}")
+        self.journal.append("control.door-unlock", door=door.config.name, user=user,
+                            seconds=seconds)
+        door.controller.unlock(float(seconds), f"technician {user}")
+        return {"door": door.config.name, "seconds": seconds,
+                "state": door.controller.machine.state.value}
+
+    async def _cmd_door_mode(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        raw = msg.get("mode")
+        try:
+            mode = DoorMode(raw)
+        except ValueError:
+            raise CommandError(f"mode: expected one of {', '.join(m.value for m in DoorMode)}, "
+                               f"got {raw!r}") from None
+        site = msg.get("site") is True
+        if site == ("door" in msg):
+            raise CommandError("expected exactly one of door (a door name) or site: true")
+        target = "site" if site else self._door_for(msg).config.name
+        try:
+            before = self.modes.set(None if site else target, mode)
+        except OSError as e:
+            raise CommandError(f"cannot persist the mode ({e}); nothing changed") from None
+        self.journal.append("control.mode", door=None if site else target, user=user,
+                            mode=mode.value, before=before.value,
+                            scope="site" if site else "door")
+        self._apply_modes()
+        return {"target": target, "mode": mode.value, "before": before.value,
+                "doors": self._doors_json()}
+
+    async def _cmd_policy_reload(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        self.journal.append("control.policy-reload", user=user)
+        outcome = self.policy.reload()
+        self._apply_modes()
+        return {"outcome": outcome, "policy": self.policy.status(time.time())}
 
     async def _cmd_card_check(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
         door = self._door_for(msg)
@@ -209,8 +332,10 @@ class Gateway:
 
     def _door_for(self, msg: dict[str, Any]) -> DoorRuntime:
         name, reader = msg.get("door"), msg.get("reader")
-        if isinstance(name, str) and name in self.doors:
-            return self.doors[name]
+        if isinstance(name, str):
+            if name in self.doors:
+                return self.doors[name]
+            raise CommandError(f"no door {name!r}; doors: {', '.join(self.doors)}")
         if isinstance(reader, str):
             base, slot = split_name(reader)
             for d in self.doors.values():
@@ -218,15 +343,6 @@ class Gateway:
                     return d
             raise CommandError(f"no door of this gateway reads at {reader!r}")
         raise CommandError("expected door (a door name) or reader (a reader name)")
-
-    async def _pulse(self, door: DoorRuntime) -> None:
-        name = door.config.name
-        try:
-            await door.driver.pulse(door.config.unlock_seconds)
-        except DoorDriverError as e:
-            door.faulted = str(e)
-            log.error("door %s: pulse failed: %s", name, e)
-            self.journal.append("door.fault", door=name, reason="relay-unreachable", detail=str(e))
 
     async def shutdown(self) -> None:
         if self.control is not None:
@@ -236,12 +352,12 @@ class Gateway:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for door in self.doors.values():
-            if door.pulse is not None and not door.pulse.done():
-                door.pulse.cancel()  # the pulse relocks in its own finally
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await door.pulse
-            await self._force_safe(door)
+        # Each door task locks its door in its own finally (retried, uncancellable).
+        for t in self.door_tasks:
+            t.cancel()
+        for t in self.door_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
         for board in self.boards.values():
             with contextlib.suppress(Exception):
                 await board.close()

@@ -13,11 +13,13 @@ def test_the_demo_plays_its_scenario_and_stops_everything():
                        text=True, timeout=120, cwd=repo_root())
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
-    assert "granted to p-alice" in out and "relay coil 0 on, then off" in out
+    assert "granted to p-alice" in out and "strike relay (coil 0) on, then off" in out
     assert "refused (revoked)" in out and "refused (proof-failed)" in out
     assert "refused (expired)" in out
     assert "granted to p-carol" in out and "lab door's NFC reader" in out
-    assert "relay coil 1 on, then off" in out
+    assert "strike relay (coil 1) on, then off" in out
+    assert "ALARM forced-open at door front" in out and "door opened (exit)" in out
+    assert "p-carol refused (lockdown)" in out and "p-alice granted: member of the lockdown" in out
     assert out.rstrip().endswith("done")
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "door_drivers.simulator" not in ps and "phone serve" not in ps

@@ -17,6 +17,8 @@ TIMING = DoorTiming(access_time=5.0, extended_access_time=20.0, open_too_long=30
 T0 = 1000.0
 
 
+EXIT_REQUEST = Event("door.exit-request", "exit button pressed", 1001.0)
+
 def start(timing: DoorTiming = TIMING, mode: DoorMode = DoorMode.NORMAL, contact_open: bool = False) -> Door:
     door, _ = Door.start(timing, mode, T0)
     door, _ = door.on_contact(contact_open, T0)
@@ -262,7 +264,7 @@ def test_opening_while_locked_is_forced_and_closing_clears_and_relocks() -> None
 
 def test_the_exit_button_shunts_a_forced_opening_up_to_the_end_of_the_window() -> None:
     door, fx = start().on_exit_button(True, 1001.0)
-    assert fx == ()  # no strike pulse unless exit_button_unlocks
+    assert fx == (EXIT_REQUEST,)  # journaled; no strike pulse unless exit_button_unlocks
     door, _ = door.on_exit_button(False, 1001.5)
     opened, fx = door.on_contact(True, 1011.0)
     assert fx == (Event("door.opened", "exit", 1011.0),)
@@ -300,7 +302,7 @@ def test_the_shunt_window_is_configurable() -> None:
 
 def test_with_exit_button_unlocks_a_press_pulses_the_strike_for_access_time() -> None:
     door, fx = start(dataclasses.replace(TIMING, exit_button_unlocks=True)).on_exit_button(True, 1001.0)
-    assert fx == (SetStrike(True), Event("door.unlocked", "exit button", 1001.0))
+    assert fx == (EXIT_REQUEST, SetStrike(True), Event("door.unlocked", "exit button", 1001.0))
     assert door.state is DoorState.UNLOCKED and door.next_deadline() == 1006.0
     door, fx = door.on_tick(1006.0)
     assert strikes(fx) == [False] and door.state is DoorState.LOCKED
@@ -379,7 +381,7 @@ def test_a_grant_in_lockdown_is_an_override_for_access_time() -> None:
 def test_in_lockdown_the_exit_button_does_not_unlock_but_still_shunts_the_exit() -> None:
     timing = dataclasses.replace(TIMING, exit_button_unlocks=True)
     door, fx = start(timing, mode=DoorMode.LOCKDOWN).on_exit_button(True, 1001.0)
-    assert fx == () and door.state is DoorState.LOCKED
+    assert fx == (EXIT_REQUEST,) and door.state is DoorState.LOCKED
     door, fx = door.on_contact(True, 1002.0)
     assert door.state is DoorState.OPEN  # egress is free by hardware; an exit is not forced
 
@@ -544,3 +546,18 @@ def test_random_inputs_keep_the_machine_consistent(timing: DoorTiming, mode: Doo
     assert [e.unlocked for e in history if isinstance(e, SetStrike)][-1] is False
     assert door.state is DoorState.LOCKED and not door.strike_unlocked
     assert door.next_deadline() is None
+
+
+def test_technician_unlock_runs_for_its_own_time_and_is_ignored_in_fault():
+    door, fx = Door.start(DoorTiming(access_time=5), DoorMode.NORMAL, 0.0)
+    door, fx = door.on_unlock(60, "delivery (by tech)", 1.0)
+    assert SetStrike(True) in fx and door.access_until == 61.0
+    door, fx = door.on_tick(60.9)
+    assert door.strike_unlocked
+    door, fx = door.on_tick(61.0)
+    assert SetStrike(False) in fx and door.state is DoorState.LOCKED
+    faulted, _ = door.on_fault("board gone", 62.0)
+    after, fx = faulted.on_unlock(10, "x", 63.0)
+    assert fx == () and not after.strike_unlocked
+    with pytest.raises(ValueError, match="seconds"):
+        door.on_unlock(float("nan"), "x", 70.0)
