@@ -68,6 +68,8 @@ class DoorController:
         self._applied: bool | None = None  # strike state last confirmed by the board (None: unknown)
         self._applied_until: float | None = None  # the board-timed pulse last sent ends then
         self._wake = asyncio.Event()
+        self._fault_at: float | None = None  # when a strike write last failed
+        self._retry = BACKOFF_FIRST  # wait before retrying the strike after such a failure
         self._feedback: set[asyncio.Task[None]] = set()
         self.on_change: Callable[[DoorController], None] | None = None
         self._emit(fx)
@@ -95,7 +97,16 @@ class DoorController:
         self._feed(self.machine.on_fault(reason, self.clock()))
 
     def recovered(self) -> None:
+        self._fault_at = None
         self._feed(self.machine.on_recovered(self.clock()))
+
+    def board_answered(self) -> None:
+        """The board answered a poll. A door faulted by a failed strike write (while the board
+        still answers reads) is retried, with a backoff, so it cannot stay faulted unnoticed
+        nor flood the journal."""
+        if self._fault_at is not None and self.clock() - self._fault_at >= self._retry:
+            self._retry = min(self._retry * 2, BACKOFF_MAX * 6)
+            self.recovered()
 
     def set_mode(self, mode: DoorMode) -> None:
         self._feed(self.machine.set_mode(mode, self.clock()))
@@ -160,12 +171,11 @@ class DoorController:
             else:
                 await self.driver.unlock_for(max(0.1, until - now))
             self._applied, self._applied_until = want, until
+            self._retry = BACKOFF_FIRST
         except DoorDriverError as e:
             log.error("door %s: cannot drive the strike: %s", self.name, e)
             self.fault(f"strike: {e}")
-            if not want:
-                # A relock that failed: keep trying from the board link's recovery.
-                self._applied = None
+            self._fault_at = self.clock()
 
     async def _pulse_output(self, coil: int, seconds: float) -> None:
         try:
@@ -231,6 +241,7 @@ class BoardLink:
             if self.online is not True:
                 self._up()
             for door in self.doors:
+                door.board_answered()
                 door.inputs(bits, self.first)
             await asyncio.sleep(self.config.poll_seconds)
 

@@ -41,17 +41,26 @@ class ModeBook:
 
     def _load(self) -> None:
         try:
-            raw = json.loads(self.path.read_text())
-            site = DoorMode(raw["site"])
-            doors = {str(k): DoorMode(v) for k, v in raw["doors"].items()}
+            text = self.path.read_bytes()
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except OSError as e:
+            log.error("%s: cannot read (%s); starting with every door in normal mode",
+                      self.path, e.strerror)
+            return
+        try:
+            raw = json.loads(text)
+            site = DoorMode(raw["site"])
+            doors = {str(k): DoorMode(v) for k, v in raw["doors"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             # Kept aside, not deleted: a technician can see what it said.
             bad = self.path.with_suffix(".json.bad")
             log.error("%s: unreadable (%s); starting with every door in normal mode, the file "
                       "kept as %s", self.path, e, bad)
-            os.replace(self.path, bad)
+            try:
+                os.replace(self.path, bad)
+            except OSError as err:
+                log.error("%s: cannot set it aside: %s", self.path, err.strerror)
             return
         self.site = site
         self.doors = {k: v for k, v in doors.items() if k in self.known}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from door_drivers.modbus import BoardParams, ModbusRelayBoard
 from gateway.rig.board import RelayBoardRig, SerialLine
 
 _MBPOLL_VALUE = re.compile(r"^\[(\d+)\]:\s+(-?\d+)\s*$", re.MULTILINE)
@@ -39,6 +40,15 @@ def plain_relay_board(tmp_path) -> Iterator[RelayBoardRig]:
         yield board
     finally:
         board.stop()
+
+
+@pytest.fixture
+async def board(relay_board):
+    """A connected driver for `relay_board`."""
+    b = ModbusRelayBoard(BoardParams.tcp("127.0.0.1", relay_board.port))
+    await b.connect()
+    yield b
+    await b.close()
 
 
 @pytest.fixture

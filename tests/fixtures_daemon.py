@@ -154,10 +154,12 @@ def daemon_factory(tmp_path: Path, demo_pki: DemoPki, pcsc_rig: PcscRig, head_of
     started: list[tuple[RigProcess, RelayBoardRig]] = []
 
     def start(*, board_toml: str = "", board_extra: str = "", door_toml: str = "", serial: str | None = None,
-              timers: bool = True, policy: dict[str, Any] | None = None) -> Daemon:
+              timers: bool = True, coils: int = 16,
+              policy: dict[str, Any] | None = None) -> Daemon:
         n = len(started)
-        board = RelayBoardRig.start(tmp_path / f"board{n}", serial=serial, timers=timers)
-        if serial is None:
+        board = RelayBoardRig.start(tmp_path / f"board{n}", serial=serial, timers=timers,
+                                    coils=coils)
+        if serial is None and coils > STRIKE:
             # Leave the strike energised (unlocked), as a gateway that died mid-pulse could have.
             mbpoll_write_coil(board.port, STRIKE, True)
         board.set_input(CONTACT, True)  # the door is shut

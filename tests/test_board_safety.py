@@ -28,13 +28,6 @@ COIL = 2
 TOLERANCE = 0.05  # seconds: the board's timers, measured in its own write log
 
 
-@pytest.fixture
-async def board(relay_board):
-    b = ModbusRelayBoard(BoardParams.tcp("127.0.0.1", relay_board.port))
-    await b.connect()
-    yield b
-    await b.close()
-
 
 def writes(rig, coil=None, by=None):
     """The board's writes, optionally of one coil, or made by "pulse-timer" / "watchdog"."""

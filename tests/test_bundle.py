@@ -39,6 +39,7 @@ from gateway.bundle import (
 )
 from gateway.errors import InputError
 from gateway.journal import SCHEMA_VERSION, Journal
+from tests.pnr import luhn
 
 SITE = "sto-hq"
 ISSUED = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
@@ -239,7 +240,7 @@ class TestOpen:
     def test_two_digit_year_identity_numbers_are_read_as_of_the_issue_date(self) -> None:
         # 261129 is tomorrow's birthday on 2026-11-28 (so 1926) and yesterday's on 2026-11-30.
         head, tail = "261129", "123"
-        check = _luhn(head + tail)
+        check = luhn(head + tail)
         c = content()
         c["people"][0]["identities"].append(f"pnr:{head}-{tail}{check}")
         keys = []
@@ -249,14 +250,6 @@ class TestOpen:
                             not_after=issued + timedelta(days=1))
             keys.append({k for k in opened(sign_bundle(b, ED)).policy.holders if k.startswith("pnr")})
         assert keys == [{f"pnr:19{head}{tail}{check}"}, {f"pnr:20{head}{tail}{check}"}]
-
-
-def _luhn(digits9: str) -> int:
-    total = 0
-    for i, ch in enumerate(digits9):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return (10 - total % 10) % 10
 
 
 class TestSignAndKeys:

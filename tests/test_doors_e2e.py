@@ -261,3 +261,15 @@ def test_policy_bundles_newer_applied_others_rejected_with_the_previous_kept(dae
     assert badge(daemon, pcsc_rig, demo_pki.cards["carol"], "access.denied", 2)["reason"] \
         == "unknown-person"
     assert os.stat(daemon.db).st_size > 0
+
+
+def test_a_strike_the_board_refuses_to_drive_faults_the_door_and_is_retried(daemon_factory):
+    """The board answers reads but refuses the strike's coil (a wiring/config mistake): the door
+    is reported faulted with the board's reason, retried with a growing delay, never silent."""
+    d = daemon_factory(coils=2)  # coil 3 does not exist on this board
+    fault = d.wait_event("door.fault")
+    assert "strike" in fault["detail"] and "illegal address" in fault["detail"]
+    d.wait_event("door.recovered")  # retried...
+    d.wait_event("door.fault", 2)  # ...and refused again
+    assert d.ask({"cmd": "door.list"})["doors"][0]["board_online"] is True
+    assert len(d.events("door.fault")) <= 4  # backoff, not a flood

@@ -26,13 +26,6 @@ from tests.fixtures_board import async_wait_for, mbpoll_read, mbpoll_read_regist
 STRIKE = 2
 
 
-@pytest.fixture
-async def board(relay_board):
-    b = ModbusRelayBoard(BoardParams.tcp("127.0.0.1", relay_board.port))
-    await b.connect()
-    yield b
-    await b.close()
-
 
 def strike_writes(rig):
     return [w for w in rig.writes() if w["coil"] == STRIKE]

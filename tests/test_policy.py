@@ -24,6 +24,7 @@ from gateway.policy import (
     normalise_identity,
     scheduled_free,
 )
+from tests.pnr import luhn
 
 STHLM = ZoneInfo("Europe/Stockholm")
 TODAY = date(2026, 11, 28)
@@ -142,8 +143,8 @@ class TestNormaliseIdentity:
     def test_pnr_coordination_number_is_accepted(self) -> None:
         # Day + 60: 1912-12-72 is a coordination number for the 12th.
         head = "121272121"
-        key = f"pnr:19{head[:6]}-{head[6:]}{_luhn(head)}"
-        assert normalise_identity(key, TODAY) == f"pnr:19{head}{_luhn(head)}"
+        key = f"pnr:19{head[:6]}-{head[6:]}{luhn(head)}"
+        assert normalise_identity(key, TODAY) == f"pnr:19{head}{luhn(head)}"
 
     def test_pnr_with_a_wrong_check_digit_is_an_error_naming_it(self) -> None:
         with pytest.raises(PolicyError, match="check digit 3 is wrong"):
@@ -160,17 +161,9 @@ class TestNormaliseIdentity:
             normalise_identity(bad)
 
 
-def _luhn(digits9: str) -> int:
-    total = 0
-    for i, ch in enumerate(digits9):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return (10 - total % 10) % 10
-
-
 def _century(yymmdd: str, today: date) -> str:
     tail = "123"
-    key = f"pnr:{yymmdd}-{tail}{_luhn(yymmdd + tail)}"
+    key = f"pnr:{yymmdd}-{tail}{luhn(yymmdd + tail)}"
     return normalise_identity(key, today)[4:8]
 
 
