@@ -308,7 +308,7 @@ class Gateway:
 
     async def _cmd_policy_reload(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
         self.journal.append("control.policy-reload", user=user)
-        outcome = self.policy.reload()
+        outcome = await self.policy.reload_async()
         self._apply_modes()
         return {"outcome": outcome, "policy": self.policy.status(time.time())}
 

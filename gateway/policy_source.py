@@ -4,10 +4,11 @@ them. A rejected bundle never replaces the policy in force."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-from gateway.bundle import BundleError, PolicyStore, VerifiedBundle, load_keys, stale
+from gateway.bundle import BundleError, Outcome, PolicyStore, VerifiedBundle, load_keys, stale
 from gateway.config import Config
 from gateway.journal import Journal
 from gateway.policy import Policy
@@ -48,18 +49,32 @@ class PolicySource:
 
     def reload(self) -> str:
         """Offer the configured bundle file; returns applied / ignored / rejected / absent."""
+        data = self._read()
+        return data if isinstance(data, str) else self._outcome(self.store.offer(data))
+
+    async def reload_async(self) -> str:
+        """`reload` off the event loop: opening a large bundle takes seconds (a 100,000-person
+        bundle about three), during which doors keep deciding on the policy in force."""
+        data = await asyncio.to_thread(self._read)
+        if isinstance(data, str):
+            return data
+        return self._outcome(await asyncio.to_thread(self.store.offer, data))
+
+    def _read(self) -> bytes | str:
+        """The bundle file's bytes, or the outcome ("absent", "rejected") when there are none."""
         path = self.config.policy.bundle
         if path is None:
             return "absent"
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             log.warning("no policy bundle at %s; the policy in force is kept", path)
             return "absent"
         except OSError as e:
             self._rejected("unreadable", f"{path}: {e.strerror}", None)
             return "rejected"
-        outcome = self.store.offer(data)
+
+    def _outcome(self, outcome: Outcome) -> str:
         if outcome.status == "applied":
             self.bundle = outcome.bundle
             self._stale_alarmed = False
