@@ -196,6 +196,18 @@ class Door:
             return door, tuple(fx)
         return door._unlock_for(at, seconds, why, fx), tuple(fx)
 
+    def on_lock(self, why: str, at: float) -> Step:
+        """A technician's lock: ends a running access time now. No effect in a free mode (change
+        the mode for that) or in FAULT. Raises ValueError as on_tick."""
+        fx: list[Effect] = []
+        door = self._advance(at, fx)
+        if door.state is DoorState.FAULT or door.mode in _HELD_UNLOCKED or not door.strike_unlocked:
+            return door, tuple(fx)
+        door = door._lock(at, why, fx)
+        if door.state is DoorState.UNLOCKED:
+            door = replace(door, state=DoorState.LOCKED)
+        return door, tuple(fx)
+
     def on_contact(self, open: bool, at: float) -> Step:
         """A door contact reading (repeated readings are no-ops; ignored in FAULT).
 

@@ -6,8 +6,12 @@ OS user (SO_PEERCRED) is journaled with every command. A malformed line is answe
 error and the connection stays; a line over MAX_LINE bytes is answered and the connection closed.
 Nothing a client sends can disturb the daemon.
 
-Commands so far: `status`; `card.check` (wait for the next presentation at a door's reader and
-return what was read and the verdict — the presentation is also an ordinary badge at that door).
+Commands: `status`, `door.list`, `door.unlock`, `door.lock`, `door.mode`, `alarm.ack`,
+`policy.reload`, `card.check` (wait for the next presentation at a door's reader and return what
+was read and the verdict — the presentation is also an ordinary badge at that door), and the
+stream `events.follow` (`{"cmd": "events.follow", "after": SEQ}`: one `{"event": {...}}` line per
+journaled event, from after SEQ if given, then live, until the client disconnects; a follower too
+far behind gets `{"overflow": true}` and reconnects with the last SEQ it saw).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import os
 import pwd
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024
 Handler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
+# A streaming command answers with one line per item until the client goes away.
+Stream = Callable[[dict[str, Any], str], AsyncIterator[dict[str, Any]]]
 
 
 class CommandError(Exception):
@@ -47,9 +53,11 @@ def peer_user(writer: asyncio.StreamWriter) -> str:
 
 
 class ControlServer:
-    def __init__(self, path: Path, commands: dict[str, Handler]) -> None:
+    def __init__(self, path: Path, commands: dict[str, Handler],
+                 streams: dict[str, Stream] | None = None) -> None:
         self.path = path
         self.commands = commands
+        self.streams = streams or {}
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
@@ -91,6 +99,10 @@ class ControlServer:
                     return
                 if not line:
                     return
+                stream = self._stream_for(line)
+                if stream is not None:
+                    await self._stream(stream, line, user, writer)
+                    return  # a stream holds its connection until the client goes away
                 await _send(writer, await self._answer(line, user))
         except (ConnectionError, asyncio.IncompleteReadError):
             return
@@ -99,6 +111,26 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _stream_for(self, line: bytes) -> Stream | None:
+        try:
+            msg = json.loads(line)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        cmd = msg.get("cmd") if isinstance(msg, dict) else None
+        return self.streams.get(cmd) if isinstance(cmd, str) else None
+
+    async def _stream(self, stream: Stream, line: bytes, user: str,
+                      writer: asyncio.StreamWriter) -> None:
+        msg = json.loads(line)
+        rid = msg.get("id")
+        try:
+            async for item in stream(msg, user):
+                await _send(writer, {"id": rid, "ok": True, **item})
+        except CommandError as e:
+            await _send(writer, {"id": rid, "ok": False, "error": str(e)})
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
 
     async def _answer(self, line: bytes, user: str) -> dict[str, Any]:
         try:
@@ -111,8 +143,9 @@ class ControlServer:
         cmd = msg.get("cmd")
         handler = self.commands.get(cmd) if isinstance(cmd, str) else None
         if handler is None:
+            known = sorted([*self.commands, *self.streams])
             return {"id": rid, "ok": False, "error": f"unknown command {cmd!r}; expected one "
-                                                     f"of {', '.join(sorted(self.commands))}"}
+                                                     f"of {', '.join(known)}"}
         try:
             result = await handler(msg, user)
         except CommandError as e:

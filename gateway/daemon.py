@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from gateway.control import CommandError, ControlServer
 from gateway.domain import CardFailure, CardRead, Decision, ProofScheme, ReaderStatus
 from gateway.doors import BoardLink, DoorController
 from gateway.errors import ConfigError, PortvaktError, ReaderError
+from gateway.hub import EventHub
 from gateway.journal import Journal
 from gateway.modes import ModeBook
 from gateway.policy import DecisionState, Mode, Pending
@@ -45,6 +47,7 @@ class DoorRuntime:
     controller: DoorController
     reader_online: bool | None = None
     last_presentation: float | None = None  # wall-clock time
+    acknowledged: str | None = None  # the alarm state a technician acknowledged
     # control-API `card.check` callers waiting for this door's next presentation
     waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
 
@@ -68,6 +71,7 @@ class Gateway:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     door_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     control: ControlServer | None = None
+    hub: EventHub | None = None
     pending: tuple[Pending, ...] = ()
 
     @classmethod
@@ -112,10 +116,13 @@ class Gateway:
         for link in self.links.values():
             self.tasks.append(asyncio.create_task(link.run(), name=f"board-{link.name}"))
         self.tasks.append(asyncio.create_task(self._mode_loop(), name="modes"))
+        self.hub = EventHub(self.journal)
         self.control = ControlServer(self.config.state_dir / "control.sock", {
             "status": self._cmd_status, "card.check": self._cmd_card_check,
             "door.list": self._cmd_door_list, "door.unlock": self._cmd_door_unlock,
-            "door.mode": self._cmd_door_mode, "policy.reload": self._cmd_policy_reload})
+            "door.lock": self._cmd_door_lock, "door.mode": self._cmd_door_mode,
+            "alarm.ack": self._cmd_alarm_ack, "policy.reload": self._cmd_policy_reload},
+            {"events.follow": self._stream_events})
         await self.control.start()
         profile = PivCakProfile(self.config.aids)
         for door in self.doors.values():
@@ -253,6 +260,8 @@ class Gateway:
                         "board_online": self.links[d.config.board].online,
                         "state": snap.state, "mode": snap.mode, "alarm": snap.alarm,
                         "faulted": snap.fault, "unlocked": snap.strike_unlocked,
+                        "alarm_acknowledged": snap.alarm is not None
+                        and d.acknowledged == snap.alarm,
                         "contact_open": snap.contact_open,
                         "manual_mode": self.modes.door_mode(d.config.name).value,
                         "last_presentation": d.last_presentation})
@@ -283,6 +292,31 @@ class Gateway:
         door.controller.unlock(float(seconds), f"technician {user}")
         return {"door": door.config.name, "seconds": seconds,
                 "state": door.controller.machine.state.value}
+
+    async def _cmd_door_lock(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        door = self._door_for(msg)
+        self.journal.append("control.door-lock", door=door.config.name, user=user)
+        door.controller.lock(f"technician {user}")
+        return {"door": door.config.name, "state": door.controller.machine.state.value}
+
+    async def _cmd_alarm_ack(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        door = self._door_for(msg)
+        alarm = door.controller.snapshot().alarm
+        if alarm is None:
+            raise CommandError(f"door {door.config.name!r} has no alarm to acknowledge")
+        door.acknowledged = alarm
+        self.journal.append("alarm.acknowledged", door=door.config.name, user=user, alarm=alarm)
+        return {"door": door.config.name, "alarm": alarm}
+
+    async def _stream_events(self, msg: dict[str, Any], user: str
+                             ) -> AsyncIterator[dict[str, Any]]:
+        after = msg.get("after")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)
+                                  or after < 0):
+            raise CommandError("after: expected a sequence number (an integer >= 0)")
+        assert self.hub is not None
+        async for ev in self.hub.follow(after):
+            yield {"overflow": True} if ev is None else {"event": ev.to_json()}
 
     async def _cmd_door_mode(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
         raw = msg.get("mode")

@@ -81,6 +81,9 @@ class DoorController:
     def unlock(self, seconds: float, why: str) -> None:
         self._feed(self.machine.on_unlock(seconds, why, self.clock()))
 
+    def lock(self, why: str) -> None:
+        self._feed(self.machine.on_lock(why, self.clock()))
+
     def inputs(self, bits: tuple[bool, ...], first: int) -> None:
         """One reading of the board's inputs (`bits[0]` is input `first`)."""
         now = self.clock()

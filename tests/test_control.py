@@ -10,9 +10,11 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.control import MAX_LINE, request
-from tests.fixtures_daemon import Daemon
+from gateway.rig.proc import wait_until
+from tests.fixtures_daemon import CONTACT, STRIKE, Daemon
 
 
 def sock_of(d: Daemon) -> Path:
@@ -81,3 +83,56 @@ def test_card_check_timeout_through_the_daemon_is_exit_2(daemon: Daemon, pcsc_ri
                         "--config", str(cfg), "--state-dir", str(daemon.db.parent), "--timeout",
                         "0.5"], capture_output=True, text=True, timeout=30, env=pcsc_rig.env)
     assert r.returncode == 2 and "no card presented at door 'front'" in r.stderr
+
+
+def _follow(d: Daemon, after: int | None = None) -> tuple[socket.socket, Any]:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(str(sock_of(d)))
+    doc: dict[str, Any] = {"id": 9, "cmd": "events.follow"}
+    if after is not None:
+        doc["after"] = after
+    s.sendall(json.dumps(doc).encode() + b"\n")
+    return s, s.makefile("rb")
+
+
+def test_events_follow_gives_the_backlog_then_live_events_in_order(daemon: Daemon):
+    s, f = _follow(daemon, after=0)
+    with s:
+        seen = []
+        while not any(e["kind"] == "board.online" for e in seen):
+            line = json.loads(f.readline())
+            assert line["ok"] and line["id"] == 9
+            seen.append(line["event"])
+        assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+        daemon.board.set_input(CONTACT, False)  # a live event: forced open
+        while seen[-1]["kind"] != "alarm.forced-open":
+            seen.append(json.loads(f.readline())["event"])
+        seqs = [e["seq"] for e in seen]
+        assert seqs == sorted(set(seqs)) and seqs == list(range(1, len(seqs) + 1))
+        # Acknowledge the alarm: audited, shown in the door list, and itself an event.
+        ans = request(sock_of(daemon), {"cmd": "alarm.ack", "door": "front"}, timeout=5)
+        assert ans["ok"] and ans["alarm"] == "forced-open-alarm"
+        while seen[-1]["kind"] != "alarm.acknowledged":
+            seen.append(json.loads(f.readline())["event"])
+        assert seen[-1]["user"] == getpass.getuser()
+    (front,) = request(sock_of(daemon), {"cmd": "door.list"}, timeout=5)["doors"]
+    assert front["alarm"] == "forced-open-alarm" and front["alarm_acknowledged"] is True
+    assert daemon.proc.alive()
+
+
+def test_bad_follow_and_ack_requests_are_refused(daemon: Daemon):
+    for doc, error in (({"cmd": "events.follow", "after": "x"}, "after: expected"),
+                       ({"cmd": "alarm.ack", "door": "front"}, "no alarm to acknowledge"),
+                       ({"cmd": "door.lock", "door": "nope"}, "no door 'nope'")):
+        ans = request(sock_of(daemon), doc, timeout=5)
+        assert ans["ok"] is False and error in ans["error"], ans
+
+
+def test_door_lock_ends_a_technician_unlock_at_once(daemon: Daemon):
+    assert request(sock_of(daemon), {"cmd": "door.unlock", "door": "front", "seconds": 60},
+                   timeout=5)["ok"]
+    wait_until(lambda: daemon.board.coils()[STRIKE], 5, "unlocked")
+    assert request(sock_of(daemon), {"cmd": "door.lock", "door": "front"}, timeout=5)["ok"]
+    wait_until(lambda: not daemon.board.coils()[STRIKE], 5, "locked again well before 60 s")
+    assert daemon.wait_event("control.door-lock")["user"] == getpass.getuser()

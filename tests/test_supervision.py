@@ -561,3 +561,14 @@ def test_technician_unlock_runs_for_its_own_time_and_is_ignored_in_fault():
     assert fx == () and not after.strike_unlocked
     with pytest.raises(ValueError, match="seconds"):
         door.on_unlock(float("nan"), "x", 70.0)
+
+
+def test_technician_lock_ends_the_access_time_but_not_a_free_mode():
+    door, _ = Door.start(DoorTiming(access_time=5), DoorMode.NORMAL, 0.0)
+    door, _ = door.on_grant(1.0)
+    door, fx = door.on_lock("technician", 2.0)
+    assert fx == (SetStrike(False), Event("door.locked", "technician", 2.0))
+    assert door.state is DoorState.LOCKED and door.next_deadline() is None
+    assert door.on_lock("again", 3.0)[1] == ()  # already locked
+    free, _ = door.set_mode(DoorMode.FREE_ACCESS, 4.0)
+    assert free.on_lock("technician", 5.0)[1] == ()
