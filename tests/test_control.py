@@ -99,7 +99,7 @@ def _follow(d: Daemon, after: int | None = None) -> tuple[socket.socket, Any]:
 def test_events_follow_gives_the_backlog_then_live_events_in_order(daemon: Daemon):
     s, f = _follow(daemon, after=0)
     with s:
-        seen = []
+        seen: list[dict[str, Any]] = []
         while not any(e["kind"] == "board.online" for e in seen):
             line = json.loads(f.readline())
             assert line["ok"] and line["id"] == 9
