@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(max(args.verbose, 1), args.log_format)
     config = load_config(args.config, args.state_dir)
-    return asyncio.run(run_daemon(config))
+    return asyncio.run(run_daemon(config, args.state_dir))
 
 
 def cmd_config_init(args: argparse.Namespace) -> int:

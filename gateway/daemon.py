@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from door_drivers.modbus import BoardParams, ModbusRelayBoard, open_boards
 from door_drivers.relay_door import RelayDoor
 from door_drivers.supervision import DoorMode
 from gateway.access import check_presentation, decide
-from gateway.config import BoardConfig, Config, DoorConfig
+from gateway.bundle import load_keys
+from gateway.config import BoardConfig, Config, DoorConfig, load_config
 from gateway.control import CommandError, ControlServer
 from gateway.domain import CardFailure, CardRead, Decision, ProofScheme, ReaderStatus
 from gateway.doors import BoardLink, DoorController
@@ -32,6 +36,7 @@ from gateway.journal import Journal
 from gateway.modes import ModeBook
 from gateway.policy import DecisionState, Mode, Pending
 from gateway.policy_source import PolicySource
+from gateway.supervisor import supervise
 from gateway.trust.store import load_trust_store
 from gateway.trust.validator import Rejection, TrustStore, Validated
 from readers.nfc import NfcReader
@@ -73,6 +78,7 @@ class Gateway:
     control: ControlServer | None = None
     hub: EventHub | None = None
     pending: tuple[Pending, ...] = ()
+    request_reload: Callable[[], None] | None = None  # set by run_daemon: SIGHUP's effect
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
@@ -110,18 +116,18 @@ class Gateway:
         self.policy.start()
         for door in self.doors.values():
             door.controller.on_change = self._door_changed
-            self.door_tasks.append(asyncio.create_task(door.controller.run(),
-                                                       name=f"door-{door.config.name}"))
+            self.door_tasks.append(self._part(f"door {door.config.name}", door.controller.run))
         self._apply_modes()
         for link in self.links.values():
-            self.tasks.append(asyncio.create_task(link.run(), name=f"board-{link.name}"))
-        self.tasks.append(asyncio.create_task(self._mode_loop(), name="modes"))
+            self.tasks.append(self._part(f"relay board {link.name}", link.run))
+        self.tasks.append(self._part("mode clock", self._mode_loop))
         self.hub = EventHub(self.journal)
         self.control = ControlServer(self.config.state_dir / "control.sock", {
             "status": self._cmd_status, "card.check": self._cmd_card_check,
             "door.list": self._cmd_door_list, "door.unlock": self._cmd_door_unlock,
             "door.lock": self._cmd_door_lock, "door.mode": self._cmd_door_mode,
-            "alarm.ack": self._cmd_alarm_ack, "policy.reload": self._cmd_policy_reload},
+            "alarm.ack": self._cmd_alarm_ack, "policy.reload": self._cmd_policy_reload,
+            "config.reload": self._cmd_config_reload},
             {"events.follow": self._stream_events})
         await self.control.start()
         profile = PivCakProfile(self.config.aids)
@@ -132,12 +138,15 @@ class Gateway:
             else:
                 reader = PcscReader(door.config.name, door.config.reader, door.config.slot,
                                     profile)
-            self.tasks.append(asyncio.create_task(self._reader_loop(door, reader),
-                                                  name=f"reader-{door.config.name}"))
+            self.tasks.append(self._part(f"reader {door.config.name}",
+                                         functools.partial(self._reader_loop, door, reader)))
         try:
             await stop.wait()
         finally:
             await self.shutdown()
+
+    def _part(self, name: str, part: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        return asyncio.create_task(supervise(name, part, self.journal), name=name)
 
     # --- modes --------------------------------------------------------------------------------
     def _apply_modes(self) -> None:
@@ -179,14 +188,10 @@ class Gateway:
                     backoff = 0.5
                     async for item in reader.presentations():
                         await self.on_presentation(door, item)
-            except asyncio.CancelledError:
-                raise
             except ReaderError as e:
                 log.error("reader for door %s: %s (retrying in %.1fs)", door.config.name, e,
                           backoff)
                 self.journal.append("reader.fault", door=door.config.name, detail=str(e))
-            except Exception:  # a failing part is restarted, never takes the others down
-                log.exception("reader task for door %s failed; restarting", door.config.name)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30)
 
@@ -346,6 +351,19 @@ class Gateway:
         self._apply_modes()
         return {"outcome": outcome, "policy": self.policy.status(time.time())}
 
+    async def _cmd_config_reload(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        """Check the configuration file again; if it is valid, restart the gateway's parts on
+        it (as SIGHUP does). An invalid file is refused and nothing changes."""
+        self.journal.append("control.config-reload", user=user)
+        try:
+            await asyncio.to_thread(validate_config, self.config.file, self.config.state_dir)
+        except PortvaktError as e:
+            raise CommandError(f"refused, the running configuration is kept: {e}") from None
+        if self.request_reload is None:
+            raise CommandError("this gateway cannot reload itself (not started by run_daemon)")
+        self.request_reload()
+        return {"outcome": "reloading"}
+
     async def _cmd_card_check(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
         door = self._door_for(msg)
         wait_s = msg.get("timeout", 30)
@@ -442,19 +460,67 @@ def verdict_to_json(verdict: Validated | Rejection) -> dict[str, Any]:
             "clock_behind": verdict.clock_behind}
 
 
-async def run_daemon(config: Config) -> int:
-    stop = asyncio.Event()
+def validate_config(path: Path, state_dir: Path | None) -> Config:
+    """Load and check a configuration as far as possible without touching the running gateway:
+    the file, the reader mapping, the trust anchors and profiles, the pinned policy keys, the
+    relay boards' buses. Raises PortvaktError (ConfigError, InputError, ...) naming the fault."""
+    config = load_config(path, state_dir)
+    check_reader_mapping(config)
+    load_trust_store(dataclasses.replace(config.trust, crls=()))
+    load_keys(config.policy.keys)
+    try:
+        open_boards(board_params(b) for b in config.boards)
+    except ValueError as e:
+        raise ConfigError(str(config.file), "boards", str(e)) from None
+    return config
+
+
+async def run_daemon(config: Config, state_dir: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT. SIGHUP reloads the configuration: a valid new one replaces the
+    running gateway (doors lock for the moment of the swap); an invalid one is refused, logged
+    and journaled, and the running gateway carries on untouched."""
     loop = asyncio.get_running_loop()
+    stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     try:
         check_reader_mapping(config)
-        gateway = Gateway.build(config)
     except PortvaktError as e:
         log.error("%s", e)
         return 2
-    log.info("portvakt %s (site %s) running: %d doors", config.gateway_id, config.site,
-             len(config.doors))
-    await gateway.run(stop)
-    log.info("stopped; relays safe, journal flushed")
-    return 0
+    while True:
+        try:
+            gateway = Gateway.build(config)
+        except PortvaktError as e:
+            log.error("%s", e)
+            return 2
+        log.info("portvakt %s (site %s) running: %d doors", config.gateway_id, config.site,
+                 len(config.doors))
+        swap = asyncio.Event()
+        gateway.request_reload = reload.set
+        running = asyncio.create_task(gateway.run(swap))
+        new: Config | None = None
+        while new is None:
+            stopping = asyncio.create_task(stop.wait())
+            reloading = asyncio.create_task(reload.wait())
+            await asyncio.wait({running, stopping, reloading}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            reloading.cancel()
+            if stop.is_set() or running.done():
+                swap.set()
+                await running
+                log.info("stopped; relays safe, journal flushed")
+                return 0
+            reload.clear()
+            try:
+                new = await asyncio.to_thread(validate_config, config.file, state_dir)
+            except PortvaktError as e:
+                log.error("configuration reload refused, the running one is kept: %s", e)
+                gateway.journal.append("alarm.config-refused", reason="config-invalid",
+                                       detail=str(e))
+        gateway.journal.append("config.reloading", file=str(new.file))
+        log.info("configuration reloaded from %s: restarting the gateway's parts", new.file)
+        swap.set()
+        await running
+        config = new

@@ -273,3 +273,31 @@ def test_a_strike_the_board_refuses_to_drive_faults_the_door_and_is_retried(daem
     d.wait_event("door.fault", 2)  # ...and refused again
     assert d.ask({"cmd": "door.list"})["doors"][0]["board_online"] is True
     assert len(d.events("door.fault")) <= 4  # backoff, not a flood
+
+
+def test_sighup_refuses_a_bad_config_and_applies_a_good_one(daemon: Daemon, pcsc_rig, demo_pki):
+    good = daemon.config.read_text()
+    daemon.config.write_text(good + "\n[[doors]]\nname = 'front'\n")  # a duplicate door
+    daemon.proc.popen.send_signal(signal.SIGHUP)
+    refused = daemon.wait_event("alarm.config-refused")
+    assert "doors[1].reader: expected exactly one of reader" in refused["detail"]
+    assert daemon.ask({"cmd": "door.list"})["doors"][0]["state"] == "locked"  # still running
+    daemon.config.write_text(good.replace(f"unlock_seconds = {UNLOCK_SECONDS}",
+                                          "unlock_seconds = 0.4"))
+    daemon.proc.popen.send_signal(signal.SIGHUP)
+    daemon.wait_event("config.reloading")
+    daemon.wait_event("gateway.started", 2)
+    daemon.wait_event("reader.online", 2)
+    daemon.wait_event("board.online", 2)
+    wait_until(lambda: not daemon.board.coils()[STRIKE], 5, "locked by the new gateway")
+    before = len(strike_writes(daemon))
+    badge(daemon, pcsc_rig, demo_pki.cards["alice"], count=1)
+    wait_until(lambda: [w["value"] for w in strike_writes(daemon)[before:]][:2] == [True, False],
+               5, "unlock and relock")
+    on, off = strike_writes(daemon)[before:before + 2]
+    assert abs((off["t"] - on["t"]) - 0.4) < 0.05
+    # The same through the control API: refused with the reason while the file is bad.
+    daemon.config.write_text("not toml [")
+    ans = daemon.ask({"cmd": "config.reload"})
+    assert ans["ok"] is False and "the running configuration is kept" in ans["error"]
+    assert daemon.proc.alive()
