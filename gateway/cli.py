@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     bserve.add_argument("rest", nargs=argparse.REMAINDER)
     bserve.set_defaults(func=cmd_board_serve)
 
+    from gateway.doctor import register as register_doctor
+
+    register_doctor(sub)
+
     from gateway.cli_door import register as register_door
 
     register_door(sub)

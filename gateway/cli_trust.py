@@ -14,7 +14,7 @@ from typing import Any
 from gateway.config import Config, TrustConfig, load_config
 from gateway.errors import InputError, TrustError
 from gateway.trust.material import load_certificates
-from gateway.trust.revocation import CrlIndex
+from gateway.trust.revocation import crl_status, iso_time
 from gateway.trust.store import ingest_file, load_trust_store
 from gateway.trust.validator import Rejection, TrustStore
 
@@ -159,26 +159,9 @@ def cmd_crl_import(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         print(f"{path}: in use: {idx.issuer_text}, number {idx.number}, {idx.count:,} entries, "
-              f"thisUpdate {_iso(idx.this_update)}, nextUpdate {_iso(idx.next_update)} "
+              f"thisUpdate {iso_time(idx.this_update)}, nextUpdate {iso_time(idx.next_update)} "
               f"({time.monotonic() - t0:.2f} s)")
     return worst
-
-
-def _iso(t: float | None) -> str:
-    return "-" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
-
-
-def crl_status(idx: CrlIndex, now: float, grace: float) -> dict[str, Any]:
-    """A CRL's age and freshness, as the CLI and the dashboard show it."""
-    state = "fresh"
-    if idx.next_update is not None and now > idx.next_update:
-        state = "in-grace" if now <= idx.next_update + grace else "stale"
-    return {"issuer": idx.issuer_text, "number": idx.number, "entries": idx.count,
-            "this_update": _iso(idx.this_update), "next_update": _iso(idx.next_update),
-            "age_s": round(now - idx.this_update),
-            "until_next_update_s": (round(idx.next_update - now)
-                                    if idx.next_update is not None else None),
-            "state": state, "source": idx.source}
 
 
 def cmd_crl_list(args: argparse.Namespace) -> int:

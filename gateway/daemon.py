@@ -26,6 +26,7 @@ from door_drivers.relay_door import RelayDoor
 from door_drivers.supervision import DoorMode
 from gateway.access import check_presentation, decide
 from gateway.bundle import load_keys
+from gateway.clock import clock_status
 from gateway.config import BoardConfig, Config, DoorConfig, load_config
 from gateway.control import CommandError, ControlServer
 from gateway.domain import CardFailure, CardRead, Decision, ProofScheme, ReaderStatus
@@ -37,6 +38,7 @@ from gateway.modes import ModeBook
 from gateway.policy import DecisionState, Mode, Pending
 from gateway.policy_source import PolicySource
 from gateway.supervisor import supervise
+from gateway.trust.revocation import crl_status
 from gateway.trust.store import load_trust_store
 from gateway.trust.validator import Rejection, TrustStore, Validated
 from readers.nfc import NfcReader
@@ -273,11 +275,16 @@ class Gateway:
         return out
 
     async def _cmd_status(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        clock = clock_status()
         return {"gateway": self.config.gateway_id, "site": self.config.site,
                 "site_mode": self.modes.site.value, "doors": self._doors_json(),
                 "boards": [{"name": n, "online": link.online, "error": link.last_error}
                            for n, link in self.links.items()],
                 "policy": self.policy.status(time.time()),
+                "crls": [crl_status(i, time.time(), self.config.trust.crl_grace)
+                         for i in self.trust.revocation.all()],
+                "clock": {"synchronised": clock.synchronised, "detail": clock.describe(),
+                          "behind_trusted_s": max(0, round(self.trust.trusted_time - time.time()))},
                 "journal_fault": self.journal.fault}
 
     async def _cmd_door_list(self, msg: dict[str, Any], user: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import ctypes
 import ctypes.util
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -393,3 +394,20 @@ def _load(path: Path) -> CrlIndex:
         mm.close()
         raise TrustError(f"{path}: index size does not match its header")
     return CrlIndex(path, meta, mm, offset)
+
+
+def iso_time(t: float | None) -> str:
+    return "-" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+
+def crl_status(idx: CrlIndex, now: float, grace: float) -> dict[str, Any]:
+    """A CRL's age and freshness, as the CLI and the dashboard show it."""
+    state = "fresh"
+    if idx.next_update is not None and now > idx.next_update:
+        state = "in-grace" if now <= idx.next_update + grace else "stale"
+    return {"issuer": idx.issuer_text, "number": idx.number, "entries": idx.count,
+            "this_update": iso_time(idx.this_update), "next_update": iso_time(idx.next_update),
+            "age_s": round(now - idx.this_update),
+            "until_next_update_s": (round(idx.next_update - now)
+                                    if idx.next_update is not None else None),
+            "state": state, "source": idx.source}
