@@ -60,6 +60,12 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    ans = _ask(args, {"cmd": "door.lock", "door": args.door})
+    print(f"door {ans['door']}: {ans['state']}")
+    return 0
+
+
 def cmd_mode(args: argparse.Namespace) -> int:
     if (args.door is None) == (not args.site):
         raise InputError("name a DOOR or give --site")
@@ -88,6 +94,10 @@ def register(sub: Any) -> None:
     un.add_argument("door")
     un.add_argument("--seconds", type=float, help="default: the door's unlock_seconds")
     un.set_defaults(func=cmd_unlock)
+    lk = ds.add_parser("lock", help="end an unlock now (a free or emergency mode: use normal)")
+    common(lk)
+    lk.add_argument("door")
+    lk.set_defaults(func=cmd_lock)
     for name, what in (("lockdown", "only the lockdown-override group may pass"),
                        ("normal", "clear a manual mode: credentials and schedules apply"),
                        ("emergency", "unlock (not a life-safety function: see operations.md)"),

@@ -189,6 +189,11 @@ def test_technician_door_commands_are_carried_out_and_audited(daemon: Daemon, pc
     assert abs((off["t"] - on["t"]) - 0.5) < 0.05
     audit = daemon.wait_event("control.door-unlock")
     assert audit["user"] == getpass.getuser() and audit["door"] == "front"
+    r = _portvakt(daemon, "unlock", "front", "--seconds", "600")
+    wait_until(lambda: daemon.board.coils()[STRIKE], 5, "unlocked for ten minutes")
+    r = _portvakt(daemon, "lock", "front")
+    assert r.returncode == 0 and "door front: locked" in r.stdout, r.stderr
+    wait_until(lambda: not daemon.board.coils()[STRIKE], 5, "locked at once")
 
     # Lockdown: carol (staff) is denied, alice (the lockdown-override group) passes.
     r = _portvakt(daemon, "lockdown", "--site")
