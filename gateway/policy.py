@@ -20,6 +20,7 @@ Document shape (every list index and key is named in errors, e.g. `people[3].ide
     two_person: [{door, within_seconds}]
     door_modes: {door: {free_access: schedule name, first_person_in?: bool}}
     lockdown_override: group name
+    delegations: [{from: person id, to: person id, valid_from?, valid_until?}]
 
 A window with `to` at or before `from` spans midnight: it opens on the listed day and closes the next
 morning. "24:00" is accepted as `to`. The schedule name "always" is built in. A holiday replaces
@@ -28,6 +29,8 @@ people flagged `holiday_exempt`; people flagged `extended_access` get a door's e
 (accessibility: `Policy.extended_time`). Schedules are read on the site's wall clock (zoneinfo), so a
 window in the hour skipped in spring never opens and one in the hour repeated in autumn opens twice.
 Credential windows are half-open: valid from `valid_from` (inclusive) until `valid_until` (exclusive).
+A delegation lets `to` release the held print jobs of `from` (a stand-in, an assistant) inside its
+window, each end optional and half-open like a credential's (`Policy.releasable_owners`).
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from gateway.domain import Decision
 from gateway.errors import InputError
 
 __all__ = [
-    "REASONS", "Decision", "DecisionState", "FreeAccess", "Holder", "Mode", "Pending", "Policy",
-    "PolicyError", "Schedule", "Window", "decide", "normalise_identity", "scheduled_free",
+    "REASONS", "Decision", "DecisionState", "Delegation", "FreeAccess", "Holder", "Mode", "Pending",
+    "Policy", "PolicyError", "Schedule", "Window", "decide", "normalise_identity", "scheduled_free",
 ]
 
 REASONS = frozenset({
@@ -251,6 +254,21 @@ class DecisionState:
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class Delegation:
+    """`delegate` may release `delegator`'s held print jobs within [start, end) (POSIX seconds;
+    -inf and +inf for an open end)."""
+
+    delegator: str  # person id ("from" in the document)
+    delegate: str  # person id ("to")
+    start: float = float("-inf")
+    end: float = float("inf")
+
+    @property
+    def windowed(self) -> bool:
+        return self.start != float("-inf") or self.end != float("inf")
+
+
 class FreeAccess(NamedTuple):
     """A door's scheduled free access (`door_modes.<door>` in the document): the door is unlocked
     while `schedule` is open; with `first_person_in`, only once an authorised person has badged
@@ -273,6 +291,8 @@ class Policy:
     groups: frozenset[str]
     free_access: Mapping[str, FreeAccess]  # door -> its scheduled free access
     lockdown_override: str | None  # the group that passes a lockdown (with its own access)
+    # delegate's person id -> the delegations made to them (print release on someone's behalf)
+    delegations: Mapping[str, tuple[Delegation, ...]] = field(default_factory=dict)
 
     @property
     def resources(self) -> frozenset[str]:
@@ -293,6 +313,30 @@ class Policy:
         unparsable key. `today` as for `normalise_identity`."""
         holder = _holder(self, identity_key, today or date.today())
         return holder is not None and EXTENDED_ACCESS in holder.flags
+
+    def releasable_owners(self, person_id: str, at: datetime) -> frozenset[str]:
+        """The print user names whose held jobs `person_id` may release at the aware instant
+        `at`: the person's own `print_user` and that of everyone who delegated release to them
+        with a window covering `at`. People without a print user add nothing; an unknown person
+        (or a substitute card's id) gets the empty set. A naive or unrepresentable `at` counts
+        only delegations without a window (never guessed). Pure; never raises."""
+        me = self.people.get(person_id)
+        owners = {me.print_user} if me is not None and me.print_user else set()
+        dels = self.delegations.get(person_id, ())
+        if not dels:
+            return frozenset(owners)
+        try:
+            t: float | None = at.timestamp() if at.utcoffset() is not None else None
+        except (OverflowError, ValueError, TypeError, AttributeError):
+            t = None
+        for d in dels:
+            if t is None and d.windowed:
+                continue
+            if t is None or d.start <= t < d.end:
+                who = self.people.get(d.delegator)
+                if who is not None and who.print_user:
+                    owners.add(who.print_user)
+        return frozenset(owners)
 
 
 # --- decisions -----------------------------------------------------------------------------------

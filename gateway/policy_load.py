@@ -25,6 +25,7 @@ from gateway.policy import (
     CLOSED,
     DAYS,
     HOLIDAY_EXEMPT,
+    Delegation,
     FreeAccess,
     Holder,
     Policy,
@@ -40,7 +41,7 @@ __all__ = ["TOP_KEYS", "load"]
 TOP_KEYS = frozenset({
     "time_zone", "doors", "printers", "schedules", "holidays", "access_levels", "groups", "people",
     "temporary_cards", "substitute_cards", "two_person", "door_modes", "lockdown_override",
-    "version",  # informational: the signed bundle's version is the one that counts
+    "delegations", "version",  # informational: the signed bundle's version is the one that counts
 })
 _TIME = re.compile(r"(\d{2}):(\d{2})(?::(\d{2}))?", re.ASCII)
 _NO_FLAGS: frozenset[str] = frozenset()
@@ -219,8 +220,9 @@ class _Loader:
         override = d.get("lockdown_override")
         if override is not None:
             override = _ref(override, self.groups, "lockdown_override", "the name of a group")
+        delegations = self.delegations(d.get("delegations", []), people)
         return Policy(zone, doors, printers, people, self.holders, suspensions, holidays,
-                      two_person, frozenset(self.groups), free_access, override)
+                      two_person, frozenset(self.groups), free_access, override, delegations)
 
     def schedules(self, raw: object) -> dict[str, Schedule]:
         out = {ALWAYS: ALWAYS_SCHEDULE}
@@ -350,6 +352,26 @@ class _Loader:
             if suspends:
                 suspensions.setdefault(who.person, []).append(Suspension(*valid))
         return {k: tuple(v) for k, v in suspensions.items()}
+
+    @staticmethod
+    def delegations(raw: object, people: Mapping[str, Holder]
+                    ) -> dict[str, tuple[Delegation, ...]]:
+        out: dict[str, list[Delegation]] = {}
+        for i, r in enumerate(_list(raw, "delegations")):
+            p = f"delegations[{i}]"
+            r = _obj(r, p, {"from", "to", "valid_from", "valid_until"}, ("from", "to"))
+            frm = _ref(r["from"], people, f"{p}.from", "the id of a person")
+            to = _ref(r["to"], people, f"{p}.to", "the id of a person")
+            if frm == to:
+                raise _fail(f"{p}.to", "a person other than 'from'", to)
+            start = _instant(r["valid_from"], f"{p}.valid_from") if "valid_from" in r \
+                else float("-inf")
+            end = _instant(r["valid_until"], f"{p}.valid_until") if "valid_until" in r \
+                else float("inf")
+            if end <= start:
+                raise _fail(f"{p}.valid_until", "an instant after valid_from", r["valid_until"])
+            out.setdefault(to, []).append(Delegation(frm, to, start, end))
+        return {k: tuple(v) for k, v in out.items()}
 
     def substitute_cards(self, raw: object, people: Mapping[str, Holder]) -> None:
         seen: set[str] = set()

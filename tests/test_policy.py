@@ -636,6 +636,102 @@ def test_a_document_with_any_value_anywhere_loads_or_is_a_policy_error(
         Policy.from_dict(d, TODAY)
 
 
+# --- print release delegations -------------------------------------------------------------------
+
+def delegating_doc(*delegations: dict[str, Any]) -> dict[str, Any]:
+    d = doc()
+    for person, user in (("p-bob", "CORP\\bob"), ("p-carol", "carol@EXAMPLE.SE")):
+        next(x for x in d["people"] if x["id"] == person)["print_user"] = user
+    d["delegations"] = list(delegations)
+    return d
+
+
+class TestDelegations:
+    def test_own_print_user_only_without_delegations(self) -> None:
+        assert POLICY.releasable_owners("p-alice", MONDAY_9) == {"alice"}
+        assert POLICY.delegations == {}
+
+    def test_a_person_without_print_user_or_unknown_or_substitute_releases_nothing(self) -> None:
+        assert POLICY.releasable_owners("p-bob", MONDAY_9) == frozenset()
+        assert POLICY.releasable_owners("p-zed", MONDAY_9) == frozenset()
+        assert POLICY.releasable_owners("sub-1", MONDAY_9) == frozenset()
+
+    def test_an_open_ended_delegation_adds_the_delegators_print_user_as_written(self) -> None:
+        p = Policy.from_dict(delegating_doc({"from": "p-bob", "to": "p-alice"},
+                                            {"from": "p-carol", "to": "p-alice"}), TODAY)
+        assert p.releasable_owners("p-alice", MONDAY_9) == {"alice", "CORP\\bob",
+                                                            "carol@EXAMPLE.SE"}
+        # Delegation is one-way.
+        assert p.releasable_owners("p-bob", MONDAY_9) == {"CORP\\bob"}
+
+    def test_a_windowed_delegation_holds_from_its_start_until_before_its_end(self) -> None:
+        p = Policy.from_dict(delegating_doc(
+            {"from": "p-bob", "to": "p-alice", "valid_from": "2026-06-01T09:00:00+02:00",
+             "valid_until": "2026-06-01T12:00:00+02:00"}), TODAY)
+        before, start = local("2026-06-01 08:59:59"), local("2026-06-01 09:00")
+        last, end = local("2026-06-01 11:59:59"), local("2026-06-01 12:00")
+        assert p.releasable_owners("p-alice", before) == {"alice"}
+        assert p.releasable_owners("p-alice", start) == {"alice", "CORP\\bob"}
+        assert p.releasable_owners("p-alice", last) == {"alice", "CORP\\bob"}
+        assert p.releasable_owners("p-alice", end) == {"alice"}
+
+    def test_either_end_of_the_window_may_be_open(self) -> None:
+        p = Policy.from_dict(delegating_doc(
+            {"from": "p-bob", "to": "p-alice", "valid_until": "2026-06-01T12:00:00+02:00"},
+            {"from": "p-carol", "to": "p-alice", "valid_from": "2026-06-01T12:00:00+02:00"}),
+            TODAY)
+        assert p.releasable_owners("p-alice", local("2020-01-01 00:00")) == {"alice", "CORP\\bob"}
+        assert p.releasable_owners("p-alice", local("2030-01-01 00:00")) == {
+            "alice", "carol@EXAMPLE.SE"}
+
+    def test_a_naive_time_counts_only_delegations_without_a_window(self) -> None:
+        p = Policy.from_dict(delegating_doc(
+            {"from": "p-bob", "to": "p-alice"},
+            {"from": "p-carol", "to": "p-alice", "valid_from": "2026-06-01T09:00:00+02:00"}),
+            TODAY)
+        assert p.releasable_owners("p-alice", datetime(2026, 6, 2, 9)) == {"alice", "CORP\\bob"}
+
+    def test_a_delegator_without_print_user_adds_nothing(self) -> None:
+        p = Policy.from_dict(delegating_doc({"from": "p-dan", "to": "p-alice"}), TODAY)
+        assert p.releasable_owners("p-alice", MONDAY_9) == {"alice"}
+
+    def test_a_delegate_without_print_user_releases_only_the_delegators_jobs(self) -> None:
+        p = Policy.from_dict(delegating_doc({"from": "p-alice", "to": "p-dan"}), TODAY)
+        assert p.releasable_owners("p-dan", MONDAY_9) == {"alice"}
+
+    @pytest.mark.parametrize(("entry", "path"), [
+        ({"from": "p-zed", "to": "p-alice"}, r"delegations\[0\]\.from"),
+        ({"from": "p-bob", "to": "sub-1"}, r"delegations\[0\]\.to"),
+        ({"from": "p-bob", "to": "p-bob"}, r"delegations\[0\]\.to"),
+        ({"from": "p-bob"}, r"delegations\[0\]\.to: missing"),
+        ({"from": "p-bob", "to": "p-alice", "valid_from": "2026-06-01"},
+         r"delegations\[0\]\.valid_from"),
+        ({"from": "p-bob", "to": "p-alice", "valid_from": "2026-06-01T09:00:00+02:00",
+          "valid_until": "2026-06-01T09:00:00+02:00"}, r"delegations\[0\]\.valid_until"),
+        ({"from": "p-bob", "to": "p-alice", "until": "2026-06-01T09:00:00+02:00"},
+         r"delegations\[0\]\.until: unknown key"),
+        (["p-bob", "p-alice"], r"delegations\[0\]: expected a table"),
+    ])
+    def test_invalid_delegations_are_named_by_path(self, entry: Any, path: str) -> None:
+        with pytest.raises(PolicyError, match=f"^{path}"):
+            Policy.from_dict(delegating_doc(entry), TODAY)
+
+    def test_delegations_must_be_a_list(self) -> None:
+        d = delegating_doc()
+        d["delegations"] = {"from": "p-bob", "to": "p-alice"}
+        with pytest.raises(PolicyError, match=r"^delegations: expected a list"):
+            Policy.from_dict(d, TODAY)
+
+    @settings(max_examples=200, deadline=None)
+    @given(at=st.datetimes(timezones=st.one_of(st.none(), st.timezones(), st.just(STHLM))),
+           person=st.sampled_from(["p-alice", "p-bob", "p-dan", "p-zed", "sub-1", ""]))
+    def test_never_raises(self, at: datetime, person: str) -> None:
+        p = Policy.from_dict(delegating_doc(
+            {"from": "p-bob", "to": "p-alice", "valid_from": "2026-06-01T09:00:00+02:00"}), TODAY)
+        owners = p.releasable_owners(person, at)
+        assert owners <= {"alice", "CORP\\bob", "carol@EXAMPLE.SE"}
+
+
 _KEYS = st.one_of(
     st.text(max_size=40),
     st.sampled_from(["upn:alice@example.se", "serial:TMP-1", "serial:SUB-1", "pnr:121212-1212",

@@ -1,7 +1,12 @@
 """A private print path on loopback: dbus-daemon + ippeveprinter (printer) + cupsd (spooler).
 
 cupsd holds jobs and releases them to ippeveprinter through one raw queue; ippeveprinter keeps
-every document it receives in `spool_dir`, so tests can compare bytes.
+every document it receives in `spool_dir`, so tests can compare bytes. For print release the rig
+also builds the Portvakt layout (`PrintRig.start(printers=..., findme=..., driverless=True,
+held=True, policy=shipped_policy())`): one ippeveprinter per printer queue (each with its own
+spool folder), driverless PDF queues, a stopped find-me queue, every queue holding new jobs, and
+the cupsd policy shipped in config/cups/cupsd.conf. cupsd also listens on a domain socket
+(`socket_path`), where a client authenticates by peer credentials.
 
 Pitfalls (CUPS 2.4.2, Debian 12, as root):
 - The ipp backend is mode 0755, so cupsd runs it as user lp, and it opens the job's document in
@@ -33,6 +38,13 @@ Pitfalls (CUPS 2.4.2, Debian 12, as root):
   connect() test could meanwhile be answered by whoever holds the port. Readiness here checks
   (via /proc) that the listening socket belongs to our cupsd / ippeveprinter PID, and start()
   retries on new ports after such a clash.
+- A queue made with `lpadmin -m everywhere` (IPP Everywhere, driverless) runs every PDF through
+  cups-filters' pdftopdf, which rewrites it: the printer no longer receives the submitted bytes.
+  A "driverless PDF" queue here is that generated PPD with its PDF filter line replaced by
+  `*cupsFilter2: "application/pdf application/pdf 0 -"` (PDF goes to the printer as submitted;
+  text and images are still converted to PDF first). config/cups/add-printer.sh does the same.
+- A domain socket's peer credentials reach cupsd only over that socket; the socket folder must be
+  searchable by whoever connects (a 0755 mkdtemp folder here, so a test can connect as nobody).
 """
 
 from __future__ import annotations
@@ -40,12 +52,16 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import pwd
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -67,6 +83,42 @@ OPEN_POLICY = """<Policy default>
 """
 
 _REQUEST_ID = re.compile(r"request id is (\S+)-(\d+)")
+_PDF_FILTER = re.compile(r'^\*cupsFilter2: "application/vnd\.cups-pdf application/pdf \d+ -"$', re.M)
+PDF_PASSTHROUGH = '*cupsFilter2: "application/pdf application/pdf 0 -"'
+# A device URI that never prints: the find-me queue is stopped, and if it were started by mistake
+# its jobs would still be held and then fail here (port 9 is "discard").
+FINDME_DEVICE = "ipp://localhost:9/portvakt-findme-never-prints"
+_POLICY_BEGIN, _POLICY_END = "# --- BEGIN PORTVAKT POLICY", "# --- END PORTVAKT POLICY"
+
+
+def shipped_cupsd_conf() -> Path:
+    """config/cups/cupsd.conf in a source checkout, or its copy inside the wheel."""
+    here = Path(__file__).resolve().parent.parent  # gateway/
+    packaged = here / "_templates" / "cups" / "cupsd.conf"
+    return packaged if packaged.exists() else here.parent / "config" / "cups" / "cupsd.conf"
+
+
+def shipped_policy(account: str | None = None, conf: Path | None = None) -> str:
+    """The <Policy> block of the shipped cupsd.conf with the gateway account "portvakt" replaced
+    by `account` (default: the user running this process, the gateway's account in tests)."""
+    text = (conf or shipped_cupsd_conf()).read_text()
+    try:
+        start = text.index("\n", text.index(_POLICY_BEGIN)) + 1
+        block = text[start:text.index(_POLICY_END)]
+    except ValueError:
+        raise RuntimeError(f"{conf or shipped_cupsd_conf()}: no PORTVAKT POLICY block") from None
+    name = account or pwd.getpwuid(os.geteuid()).pw_name
+    return re.sub(r"\bportvakt\b", name, block)
+
+
+def pdf_passthrough(ppd: str) -> str:
+    """An IPP Everywhere PPD (`lpadmin -m everywhere`) turned into a driverless PDF one: PDF goes
+    to the printer unchanged instead of through pdftopdf. Raises ValueError if the printer does
+    not take PDF (the PPD has no PDF filter line)."""
+    out, n = _PDF_FILTER.subn(PDF_PASSTHROUGH, ppd)
+    if n != 1:
+        raise ValueError("the PPD has no application/vnd.cups-pdf filter: the printer takes no PDF")
+    return out
 
 
 def _pid_listens(pid: int, port: int) -> bool:
@@ -105,29 +157,44 @@ def _unix_socket_accepts(path: Path) -> bool:
 
 
 class PrintRig:
-    """A running dbus-daemon + ippeveprinter + cupsd; build it with `PrintRig.start(workdir)`.
+    """A running dbus-daemon + ippeveprinter(s) + cupsd; build it with `PrintRig.start(workdir)`.
 
-    Attributes: `host`, `queue` (the CUPS queue name), `cups_port`, `printer_port`
-    (ippeveprinter), `spool_dir` (documents received by the printer), `cups_uri`
-    (ipp://127.0.0.1:PORT/printers/QUEUE), `printer_uri` (ipp://localhost:PPORT/ipp/print),
-    `env` (a full environment for child tools: CUPS_SERVER and the D-Bus addresses set),
-    `workdir`, `request_root`, `error_log`, `processes` (name -> RigProcess, for fault
-    injection), `start_seconds`.
+    Attributes: `host`, `queue` (the first printer queue), `printers` (every printer queue, one
+    ippeveprinter each), `findme` (the stopped find-me queue, or None), `cups_port`,
+    `printer_port` (the first ippeveprinter's), `printer_ports` (queue -> port), `spool_dir`
+    (documents received by the first printer), `spool_dirs` (queue -> folder), `socket_path`
+    (cupsd's domain socket), `cups_uri` (ipp://127.0.0.1:PORT/printers/QUEUE), `printer_uri`
+    (ipp://localhost:PPORT/ipp/print), `env` (a full environment for child tools: CUPS_SERVER
+    and the D-Bus addresses set), `workdir`, `request_root`, `error_log`, `processes` (name ->
+    RigProcess, for fault injection: "cupsd", "dbus-daemon", "ippeveprinter" for the first
+    printer and "ippeveprinter-QUEUE" for the others), `start_seconds`.
     """
 
-    def __init__(self, workdir: Path, queue: str) -> None:
+    def __init__(self, workdir: Path, printers: Sequence[str], findme: str | None) -> None:
         self.host = HOST
         self.workdir = workdir
-        self.queue = queue
+        self.printers = tuple(printers)
+        self.queue = self.printers[0]
+        self.findme = findme
         self.cups_port = 0
-        self.printer_port = 0
-        self.spool_dir = workdir / "printer-spool"
+        self.printer_ports: dict[str, int] = {}
+        self.spool_dirs = {q: workdir / ("printer-spool" if i == 0 else f"printer-spool-{q}")
+                           for i, q in enumerate(self.printers)}
         self.request_root = workdir  # replaced in start()
+        self.socket_path = workdir / "cups.sock"  # replaced in start()
         self.error_log = workdir / "cups" / "log" / "error_log"
         self.env: dict[str, str] = {}
         self.processes: dict[str, RigProcess] = {}
         self._private_dirs: list[Path] = []
         self.start_seconds = 0.0
+
+    @property
+    def printer_port(self) -> int:
+        return self.printer_ports.get(self.queue, 0)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool_dirs[self.queue]
 
     @property
     def cups_uri(self) -> str:
@@ -139,20 +206,40 @@ class PrintRig:
 
     @property
     def server(self) -> str:
-        """The `-h` argument for lp, lpstat, lpadmin, cancel."""
+        """The `-h` argument for lp, lpstat, cancel over TCP (unauthenticated, as users do)."""
         return f"{self.host}:{self.cups_port}"
 
+    @property
+    def admin_server(self) -> str:
+        """The `-h` argument for administration (lpadmin, cupsdisable, cupsreject): cupsd's
+        domain socket, where root is known by its peer credentials."""
+        return str(self.socket_path)
+
     @classmethod
-    def start(cls, workdir: Path, *, queue: str = "printer1", policy: str = OPEN_POLICY,
-              log_level: str = "info", timeout: float = 10.0) -> PrintRig:
-        """Start all three in `workdir` (created if needed) and create `queue`; returns when the
-        queue accepts jobs and the printer listens."""
+    def start(cls, workdir: Path, *, queue: str = "printer1", printers: Sequence[str] = (),
+              findme: str | None = None, driverless: bool = False, held: bool = False,
+              policy: str = OPEN_POLICY, default_auth: str = "None", log_level: str = "info",
+              timeout: float = 10.0) -> PrintRig:
+        """Start all of them in `workdir` (created if needed) and create the queues; returns when
+        every queue accepts jobs and every printer listens.
+
+        `printers`: the printer queues (default: just `queue`), one ippeveprinter each.
+        `findme`: also create this stopped (disabled) queue that accepts jobs. `driverless`: IPP
+        Everywhere queues with PDF passed through (see the module docstring) instead of raw ones.
+        `held`: every queue's job-hold-until-default is "indefinite". `policy`: the <Policy>
+        block(s) of cupsd.conf (`shipped_policy()` for the one shipped in config/cups/).
+        `default_auth`: cupsd's DefaultAuthType ("Basic" as in the shipped cupsd.conf: then
+        administration works only over the domain socket, where root is known by its peer
+        credentials; the rig administers its queues there in any case)."""
         t0 = time.monotonic()
         workdir.mkdir(parents=True, exist_ok=True)
+        names = tuple(printers) or (queue,)
+        if len(set(names)) != len(names) or findme in names:
+            raise ValueError(f"queue names must differ: {names}, find-me {findme!r}")
         for attempt in range(_PORT_ATTEMPTS):
-            rig = cls(workdir, queue)
+            rig = cls(workdir, names, findme)
             try:
-                rig._start(policy, log_level, timeout)
+                rig._start(policy, default_auth, log_level, timeout, driverless, held)
             except (RuntimeError, TimeoutError):
                 rig.stop()
                 # free_port() only says a port was free a moment ago; if another process took
@@ -167,8 +254,12 @@ class PrintRig:
             return rig
         raise AssertionError("unreachable")
 
+    def _printer_process(self, queue: str) -> str:
+        return "ippeveprinter" if queue == self.queue else f"ippeveprinter-{queue}"
+
     def _port_clash(self) -> bool:
-        logs = [self.error_log, *(self.workdir / f"{n}.log" for n in ("cupsd", "ippeveprinter"))]
+        names = ["cupsd", *(self._printer_process(q) for q in self.printers)]
+        logs = [self.error_log, *(self.workdir / f"{n}.log" for n in names)]
         for log in logs:
             with contextlib.suppress(OSError):
                 if "in use" in log.read_text(errors="replace"):
@@ -180,7 +271,8 @@ class PrintRig:
         self._private_dirs.append(d)
         return d
 
-    def _start(self, policy: str, log_level: str, timeout: float) -> None:
+    def _start(self, policy: str, default_auth: str, log_level: str, timeout: float,
+               driverless: bool, held: bool) -> None:
         w = self.workdir
         # --- D-Bus ---------------------------------------------------------------------------
         bus = w / "dbus.sock"
@@ -198,10 +290,15 @@ class PrintRig:
             "dbus-daemon", "--session", "--nofork", "--nopidfile", f"--address={address}",
         ])
         # --- cupsd configuration (written while D-Bus starts) ---------------------------------
+        taken: set[int] = set()
         self.cups_port = free_port()
-        self.printer_port = free_port()
-        while self.printer_port == self.cups_port:
-            self.printer_port = free_port()
+        taken.add(self.cups_port)
+        for q in self.printers:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            self.printer_ports[q] = port
         self.env["CUPS_SERVER"] = self.server
         lp_gid = grp.getgrnam("lp").gr_gid
         root = w / "cups"
@@ -218,15 +315,19 @@ class PrintRig:
         tmp.chmod(0o1770)
         (w / "cups-spool").unlink(missing_ok=True)
         (w / "cups-spool").symlink_to(self.request_root)  # for humans reading the workdir
+        sock_dir = self._private_dir("pv-cups-sock-")
+        sock_dir.chmod(0o755)  # a test may connect as another user (peer credentials)
+        self.socket_path = sock_dir / "cups.sock"
         self.error_log = log / "error_log"
         (etc / "cupsd.conf").write_text("\n".join([
             "# written by gateway.rig.cups",
             f"LogLevel {log_level}",
             f"Listen {self.host}:{self.cups_port}",
+            f"Listen {self.socket_path}",
             "Browsing Off",
             "BrowseLocalProtocols none",
             "WebInterface No",
-            "DefaultAuthType None",
+            f"DefaultAuthType {default_auth}",
             "DefaultEncryption Never",
             "MaxJobs 5000",
             "MaxJobsPerPrinter 0",
@@ -257,23 +358,73 @@ class PrintRig:
         ])
         # --- ippeveprinter needs the bus ------------------------------------------------------
         wait_until(lambda: _unix_socket_accepts(bus), timeout, f"D-Bus on {bus}", dbus)
-        self.spool_dir.mkdir(exist_ok=True)
-        printer = self._spawn("ippeveprinter", [
-            "ippeveprinter", "-k", "-n", "localhost", "-p", str(self.printer_port), "-r", "off",
-            "-d", str(self.spool_dir), "-c", "/bin/true",
-            "-f", "application/pdf,image/pwg-raster,text/plain,application/octet-stream",
-            self.queue,
-        ])
-        # --- queue ------------------------------------------------------------------------------
+        printers: dict[str, RigProcess] = {}
+        for q in self.printers:
+            self.spool_dirs[q].mkdir(exist_ok=True)
+            printers[q] = self._spawn(self._printer_process(q), [
+                "ippeveprinter", "-k", "-n", "localhost", "-p", str(self.printer_ports[q]),
+                "-r", "off", "-d", str(self.spool_dirs[q]), "-c", "/bin/true",
+                "-f", "application/pdf,image/pwg-raster,text/plain,application/octet-stream",
+                q,
+            ])
+        # --- queues -----------------------------------------------------------------------------
         # A bare port check could be answered by another process that took the port while our
         # cupsd fails to bind and exits. So: is the listening socket cupsd's own?
         wait_until(lambda: _pid_listens(cupsd.pid, self.cups_port), timeout,
                    f"cupsd listening on {self.cups_port}", cupsd)
-        device = f"ipp://localhost:{self.printer_port}/ipp/print?waitjob=false"
-        self._run(["lpadmin", "-h", self.server, "-p", self.queue, "-E", "-v", device,
-                   "-m", "raw", "-o", "printer-error-policy=abort-job"], timeout)
-        wait_until(lambda: _pid_listens(printer.pid, self.printer_port), timeout,
-                   f"ippeveprinter listening on {self.printer_port}", printer)
+        wait_until(lambda: _unix_socket_accepts(self.socket_path), timeout,
+                   f"cupsd on {self.socket_path}", cupsd)
+        admin = self.admin_server
+        hold = ["-o", "job-hold-until-default=indefinite"] if held else []
+        ppd: Path | None = None
+        for q in self.printers:
+            device = f"ipp://localhost:{self.printer_ports[q]}/ipp/print?waitjob=false"
+            if driverless:
+                # -m everywhere asks the printer for its attributes: it must listen first.
+                self._wait_printer(printers[q], q, timeout)
+                # ippeveprinter answers "not found" for the URI with ?waitjob=false.
+                self._run(["lpadmin", "-h", admin, "-p", q, "-v", device.split("?")[0],
+                           "-m", "everywhere"], timeout)
+                ppd = w / f"{q}-driverless-pdf.ppd"
+                ppd.write_text(pdf_passthrough(self._driverless_ppd(q, timeout)))
+                model = ["-P", str(ppd)]
+            else:
+                model = ["-m", "raw"]
+            self._run(["lpadmin", "-h", admin, "-p", q, "-E", "-v", device, *model,
+                       "-o", "printer-error-policy=abort-job", *hold], timeout)
+        if self.findme is not None:
+            model = ["-P", str(ppd)] if ppd is not None else ["-m", "raw"]
+            self._run(["lpadmin", "-h", admin, "-p", self.findme, "-E", "-v",
+                       FINDME_DEVICE, *model, *hold], timeout)
+            self._run(["cupsdisable", "-h", admin, self.findme], timeout)
+        for q, proc in printers.items():
+            self._wait_printer(proc, q, timeout)
+
+    def _driverless_ppd(self, queue: str, timeout: float) -> str:
+        """The PPD cupsd generated for `queue` (lpadmin -m everywhere): cupsd asks the printer in
+        a thread of its own after lpadmin returns, then serves it at /printers/NAME.ppd."""
+        url = f"http://{self.host}:{self.cups_port}/printers/{queue}.ppd"
+        found: list[str] = []
+
+        def fetched() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as r:
+                    found.append(r.read().decode())
+                    return True
+            except urllib.error.HTTPError as e:
+                if e.code == 404:  # not generated yet
+                    return False
+                raise
+        try:
+            wait_until(fetched, timeout, f"the driverless PPD of {queue}", self.processes["cupsd"])
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{self.error_log_tail()}") from None
+        return found[0]
+
+    def _wait_printer(self, proc: RigProcess, queue: str, timeout: float) -> None:
+        port = self.printer_ports[queue]
+        wait_until(lambda: _pid_listens(proc.pid, port), timeout,
+                   f"ippeveprinter {queue} listening on {port}", proc)
 
     def _spawn(self, name: str, argv: list[str]) -> RigProcess:
         proc = RigProcess(name, argv, self.workdir / f"{name}.log", env=self.env,
@@ -292,14 +443,16 @@ class PrintRig:
     # --- helpers for tests and the demo ---------------------------------------------------------
 
     def submit(self, user: str, file: Path, *, hold: bool = True, queue: str | None = None,
-               title: str | None = None) -> int:
-        """`lp` as `user` (held indefinitely unless hold=False); returns the CUPS job id."""
+               title: str | None = None, options: Sequence[str] = ()) -> int:
+        """`lp` as `user` (held indefinitely unless hold=False; a queue made with held=True holds
+        it anyway) to `queue` (default: the first printer); `options` are extra `lp`
+        arguments. Returns the CUPS job id."""
         argv = ["lp", "-h", self.server, "-U", user, "-d", queue or self.queue]
         if hold:
             argv += ["-H", "indefinite"]
         if title is not None:
             argv += ["-t", title]
-        out = self._run([*argv, "--", str(file)])
+        out = self._run([*argv, *options, "--", str(file)])
         m = _REQUEST_ID.search(out)
         if m is None:
             raise RuntimeError(f"no request id in lp output: {out!r}")
@@ -314,30 +467,46 @@ class PrintRig:
         """`lpstat -h SERVER ARGS...`; returns stdout."""
         return self._run(["lpstat", "-h", self.server, *args])
 
-    def printed(self) -> list[Path]:
-        """Documents ippeveprinter has received completely so far, in its job order.
+    def printed(self, printer: str | None = None) -> list[Path]:
+        """Documents the ippeveprinter behind queue `printer` (default: the first) has received
+        completely so far, in its job order.
 
         ippeveprinter (-k) names a document `JOBID-JOBNAME.EXT` and writes it while receiving;
         once it is complete it runs the print command (-c /bin/true) with its output in
         `JOBID-JOBNAME.prn`. A document counts only when that sibling .prn exists, so a caller
         never compares a half-written file.
         """
-        if not self.spool_dir.exists():
+        spool = self.spool_dirs[printer or self.queue]
+        if not spool.exists():
             return []
-        names = {p.name for p in self.spool_dir.iterdir()}
-        done = [self.spool_dir / n for n in names
+        names = {p.name for p in spool.iterdir()}
+        done = [spool / n for n in names
                 if not n.endswith(".prn") and f"{n.rsplit('.', 1)[0]}.prn" in names]
         return sorted(done, key=lambda p: (int(p.name.split("-", 1)[0]), p.name))
 
-    def wait_printed(self, count: int = 1, timeout: float = 10.0) -> list[Path]:
-        """Poll (with a deadline) until at least `count` documents arrived; returns printed()."""
-        printer = self.processes.get("ippeveprinter")
+    def wait_printed(self, count: int = 1, timeout: float = 10.0,
+                     printer: str | None = None) -> list[Path]:
+        """Poll (with a deadline) until at least `count` documents arrived at `printer` (default:
+        the first); returns printed(printer)."""
+        queue = printer or self.queue
+        proc = self.processes.get(self._printer_process(queue))
         try:
-            wait_until(lambda: len(self.printed()) >= count, timeout,
-                       f"{count} document(s) at the printer", printer)
+            wait_until(lambda: len(self.printed(queue)) >= count, timeout,
+                       f"{count} document(s) at printer {queue}", proc)
         except TimeoutError as e:
             raise TimeoutError(f"{e}\n{self.error_log_tail()}") from None
-        return self.printed()
+        return self.printed(queue)
+
+    def restart_cupsd(self, timeout: float = 10.0) -> None:
+        """Stop cupsd by PID and start it again on the same configuration and ports; returns
+        when it listens on its port and its socket again (jobs and queue states persist)."""
+        old = self.processes["cupsd"]
+        old.stop()
+        cupsd = self._spawn("cupsd", old.argv)
+        wait_until(lambda: _pid_listens(cupsd.pid, self.cups_port), timeout,
+                   f"cupsd listening on {self.cups_port} again", cupsd)
+        wait_until(lambda: _unix_socket_accepts(self.socket_path), timeout,
+                   f"cupsd on {self.socket_path} again", cupsd)
 
     def error_log_tail(self, n: int = 30) -> str:
         try:
@@ -347,8 +516,8 @@ class PrintRig:
         return f"--- last lines of {self.error_log} ---\n" + "\n".join(lines[-n:])
 
     def stop(self) -> None:
-        """Stop cupsd, ippeveprinter and dbus-daemon by PID (in that order); idempotent."""
-        for name in ("cupsd", "ippeveprinter", "dbus-daemon"):
+        """Stop cupsd, the ippeveprinters and dbus-daemon by PID (in that order); idempotent."""
+        for name in ("cupsd", *(self._printer_process(q) for q in self.printers), "dbus-daemon"):
             proc = self.processes.pop(name, None)
             if proc is not None:
                 proc.stop()
