@@ -1,5 +1,6 @@
-"""`portvakt policy keygen|sign|verify`: head office's tooling for signed policy bundles (test keys,
-signing a policy document) and the site technician's check of a bundle file.
+"""`portvakt policy keygen|sign|verify|publish`: head office's tooling for signed policy bundles
+(test keys, signing a policy document, publishing it to gateways over MQTT: gateway/cli_sync.py)
+and the site technician's check of a bundle file.
 
 Exit codes as everywhere: 0 ok, 1 the bundle is refused (unknown key, bad signature, wrong site,
 invalid content), 2 unreadable input or bad usage (missing file, not an envelope, a bad key file).
@@ -227,7 +228,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("policy", help="signed policy bundles: test keys, signing, verifying")
+    p = sub.add_parser("policy", help="signed policy bundles: test keys, signing, verifying, "
+                                      "publishing")
     ps = p.add_subparsers(dest="sub", required=True)
 
     k = ps.add_parser("keygen", help="write a policy signing key pair (head office, tests, demo)")
@@ -255,3 +257,7 @@ def register(sub: Any) -> None:
     v.add_argument("--site", required=True, help="the gateway's site")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    from gateway.cli_sync import add_policy_publish
+
+    add_policy_publish(ps)

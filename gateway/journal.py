@@ -4,10 +4,17 @@
 One writer thread commits whatever has queued in one transaction (group commit), so an event is
 on disk within milliseconds while a door never waits for it. If a write fails the events stay in
 memory, `fault` is set, and the writer retries.
+
+The journal is also the MQTT outbox (gateway/sync): every event with a sequence number above the
+acknowledged high-water mark (`acked`, head office's `events/ack`) is still to be delivered.
+`ack` raises the mark, `unacked` reads what is left, `purge` deletes acknowledged events once
+they are older than the retention. Other small writes (`write`) go through the same writer
+thread, so the database has one writer.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import queue
@@ -17,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.errors import JournalError
 
@@ -40,8 +47,17 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "CREATE INDEX events_kind ON events (kind, seq)",
     ),
+    (  # 3: MQTT sync state: seen command nonces (replays refused across restarts), small state
+        """CREATE TABLE sync_nonces (
+            nonce TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        )""",
+        "CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+ACKED_KEY = "acked"  # meta key of head office's acknowledged high-water mark
+_T = TypeVar("_T")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -88,6 +104,16 @@ class Event:
                 "door": self.door, "person": self.person, "reason": self.reason, **self.data}
 
 
+class _Op:
+    """A write run by the writer thread in its own transaction; its result goes to `future`."""
+
+    __slots__ = ("future", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+        self.work = work
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
 class Journal:
     def __init__(self, path: Path, gateway: str) -> None:
         self.path = path
@@ -97,17 +123,130 @@ class Journal:
             self._conn = connect(path)
             migrate(self._conn)
             row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+            acked = self._conn.execute("SELECT value FROM meta WHERE key = ?",
+                                       (ACKED_KEY,)).fetchone()
+            self._reader = connect(path)
         except sqlite3.Error as e:
             raise JournalError(f"{path}: cannot open the journal: {e}") from e
-        self._next = int(row[0] or 0) + 1
+        self._acked = int(acked[0]) if acked is not None else 0
+        # Purged (acknowledged) events leave no row behind: the mark keeps the sequence going up.
+        self._next = max(int(row[0] or 0), self._acked) + 1
         self._seq_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._read_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Event | _Op | None] = queue.SimpleQueue()
         self._committed = threading.Condition()
         self._committed_seq = self._next - 1
         self._listeners: list[Callable[[Event], None]] = []
+        self._commit_listeners: list[Callable[[int], None]] = []
         self.fault: str | None = None
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
+
+    # --- outbox state ----------------------------------------------------------------------
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last event appended (0: none ever)."""
+        with self._seq_lock:
+            return self._next - 1
+
+    @property
+    def committed_seq(self) -> int:
+        """Every event up to this sequence number is on disk."""
+        with self._committed:
+            return self._committed_seq
+
+    @property
+    def acked(self) -> int:
+        """Head office's acknowledged high-water mark: every event up to it has been delivered."""
+        return self._acked
+
+    @property
+    def backlog(self) -> int:
+        """Events not yet acknowledged by head office (the outbox), on disk or about to be."""
+        return self.last_seq - self._acked
+
+    def ack(self, seq: int) -> int:
+        """Raise the acknowledged high-water mark to `seq` (never lowers it); returns the mark.
+
+        The mark is in force at once and on disk within a group commit; a mark lost to a crash
+        only means those events are sent again (consumers drop duplicates). Raises JournalError
+        for a mark above the last sequence number appended: head office cannot have seen it."""
+        if seq > self.last_seq:
+            raise JournalError(f"acknowledgement of sequence {seq}, but the last event appended "
+                               f"is {self.last_seq}")
+        with self._seq_lock:
+            if seq <= self._acked:
+                return self._acked
+            self._acked = seq
+
+        def persist(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                         "SET value = excluded.value WHERE CAST(value AS INTEGER) < "
+                         "CAST(excluded.value AS INTEGER)", (ACKED_KEY, str(seq)))
+
+        self.submit(persist).add_done_callback(_log_failure)
+        return seq
+
+    def unacked(self, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Committed events not yet acknowledged, in sequence order, from above
+        max(`after`, acked). Reads with the journal's own read connection (thread-safe)."""
+        with self._read_lock:
+            try:
+                return read_events(self._reader, self.gateway, None, max(after, self._acked),
+                                   limit)
+            except sqlite3.Error as e:
+                raise JournalError(f"{self.path}: cannot read the outbox: {e}") from e
+
+    def purge(self, retention: float, now: float | None = None, batch: int = 5000) -> int:
+        """Delete acknowledged events older than `retention` seconds; returns how many. Never
+        touches an unacknowledged event. Runs on the writer thread in batches of `batch` rows,
+        so appends keep committing in between; blocks the caller until done (call it from a
+        worker thread). Raises JournalError when the database refuses."""
+        cutoff = (time.time() if now is None else now) - retention
+        total = 0
+        while True:
+            mark = self._acked
+
+            def chunk(conn: sqlite3.Connection, mark: int = mark) -> int:
+                cur = conn.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? "
+                    "AND at < ? ORDER BY seq LIMIT ?)", (mark, cutoff, batch))
+                return int(cur.rowcount)
+
+            n = self.write(chunk)
+            total += n
+            if n < batch:
+                return total
+
+    # --- generic writes ------------------------------------------------------------------------
+    def submit(self, work: Callable[[sqlite3.Connection], _T]) -> concurrent.futures.Future[_T]:
+        """Run `work(conn)` on the writer thread in one transaction (all or nothing) after the
+        events queued before it are committed; the future holds its result or exception."""
+        op = _Op(work)
+        self._queue.put(op)
+        return op.future
+
+    def write(self, work: Callable[[sqlite3.Connection], _T], timeout: float = 30.0) -> _T:
+        """`submit` and wait. Raises JournalError when the transaction fails or times out."""
+        try:
+            return self.submit(work).result(timeout)
+        except sqlite3.Error as e:
+            raise JournalError(f"{self.path}: write failed: {e}") from e
+        except concurrent.futures.TimeoutError:
+            raise JournalError(f"{self.path}: the writer did not answer within {timeout:g} s "
+                               f"(fault: {self.fault})") from None
+
+    def read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `work(conn)` with the journal's read connection (committed data only)."""
+        with self._read_lock:
+            try:
+                return work(self._reader)
+            except sqlite3.Error as e:
+                raise JournalError(f"{self.path}: read failed: {e}") from e
+
+    def on_commit(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(seq)` from the writer thread each time events up to `seq` are on disk."""
+        self._commit_listeners.append(listener)
 
     def subscribe(self, listener: Callable[[Event], None]) -> None:
         """Call `listener(event)` (from the appending thread) for every appended event."""
@@ -127,12 +266,15 @@ class Journal:
 
     def _writer(self) -> None:
         pending: list[Event] = []
+        ops: list[_Op] = []
         stopping = False
-        while not (stopping and not pending):
-            if not pending:
+        while not (stopping and not pending and not ops):
+            if not pending and not ops:
                 item = self._queue.get()
                 if item is None:
                     stopping = True
+                elif isinstance(item, _Op):
+                    ops.append(item)
                 else:
                     pending.append(item)
             while True:  # take everything queued meanwhile: one transaction for all
@@ -142,9 +284,12 @@ class Journal:
                     break
                 if item is None:
                     stopping = True
+                elif isinstance(item, _Op):
+                    ops.append(item)
                 else:
                     pending.append(item)
             if not pending:
+                ops = self._run_ops(ops)
                 continue
             try:
                 self._conn.execute("BEGIN")
@@ -162,6 +307,8 @@ class Journal:
                               len(pending), e)
                 self.fault = str(e)
                 if stopping:
+                    for op in ops:
+                        op.future.set_exception(JournalError(f"journal closed: {e}"))
                     break
                 time.sleep(0.5)  # back off before retrying the disk
                 continue
@@ -169,7 +316,32 @@ class Journal:
             with self._committed:
                 self._committed_seq = pending[-1].seq
                 self._committed.notify_all()
+            for listener in self._commit_listeners:
+                try:
+                    listener(pending[-1].seq)
+                except Exception:
+                    log.exception("journal commit listener failed")
             pending = []
+            ops = self._run_ops(ops)
+
+    def _run_ops(self, ops: list[_Op]) -> list[_Op]:
+        for op in ops:
+            if not op.future.set_running_or_notify_cancel():
+                continue
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                result = op.work(self._conn)
+                self._conn.execute("COMMIT")
+            except BaseException as e:
+                if self._conn.in_transaction:
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("journal: rollback failed")
+                op.future.set_exception(e)
+            else:
+                op.future.set_result(result)
+        return []
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event appended so far is on disk; False on timeout."""
@@ -182,6 +354,8 @@ class Journal:
         self._queue.put(None)
         self._thread.join(10)
         self._conn.close()
+        with self._read_lock:
+            self._reader.close()
 
     def events(self, kind: str | None = None, after: int = 0, limit: int = 1000) -> list[Event]:
         """Committed events in sequence order (reads with its own connection)."""
@@ -190,6 +364,12 @@ class Journal:
             return read_events(conn, self.gateway, kind, after, limit)
         finally:
             conn.close()
+
+
+def _log_failure(future: concurrent.futures.Future[Any]) -> None:
+    e = future.exception()
+    if e is not None:
+        log.error("journal: a deferred write failed: %s", e)
 
 
 def read_events(conn: sqlite3.Connection, gateway: str, kind: str | None = None, after: int = 0,

@@ -98,3 +98,91 @@ def test_a_failing_disk_keeps_events_in_memory_and_sets_a_fault(tmp_path: Path):
         assert [e.kind for e in j.events()] == ["before", "during"]
     finally:
         j.close()
+
+
+# --- the outbox ------------------------------------------------------------------------------
+
+def test_events_stay_unacknowledged_until_head_office_acknowledges_them(tmp_path: Path):
+    j = Journal(tmp_path / "j.db", "gw")
+    try:
+        for i in range(10):
+            j.append("a", n=i)
+        assert j.flush()
+        assert (j.last_seq, j.committed_seq, j.acked, j.backlog) == (10, 10, 0, 10)
+        assert [e.seq for e in j.unacked()] == list(range(1, 11))
+        assert j.ack(4) == 4
+        assert j.ack(2) == 4  # a mark never goes down
+        assert j.backlog == 6
+        assert [e.seq for e in j.unacked(limit=3)] == [5, 6, 7]
+        assert [e.seq for e in j.unacked(after=8)] == [9, 10]
+        with pytest.raises(JournalError, match="last event appended is 10"):
+            j.ack(11)  # head office cannot have seen it
+        assert [e.seq for e in j.events()] == list(range(1, 11))  # acknowledged, still kept
+    finally:
+        j.close()
+
+
+def test_the_acknowledged_mark_survives_a_restart(tmp_path: Path):
+    j = Journal(tmp_path / "j.db", "gw")
+    for _ in range(5):
+        j.append("a")
+    j.flush()
+    j.ack(3)
+    j.close()  # the mark's write is queued behind nothing: on disk before close returns
+    j = Journal(tmp_path / "j.db", "gw")
+    try:
+        assert (j.acked, j.backlog) == (3, 2)
+        assert [e.seq for e in j.unacked()] == [4, 5]
+    finally:
+        j.close()
+
+
+def test_purge_drops_only_acknowledged_events_past_the_retention(tmp_path: Path):
+    j = Journal(tmp_path / "j.db", "gw")
+    try:
+        for i in range(10):
+            j.append("a", at=1000.0 + i)  # old events
+        j.append("new", at=5000.0)
+        assert j.flush()
+        j.ack(7)
+        # Retention 100 s at t=2000: events 1..7 are acknowledged and old; 8..10 are old but
+        # not acknowledged; 11 is recent.
+        assert j.purge(100, now=2000.0, batch=3) == 7
+        assert [e.seq for e in j.events()] == [8, 9, 10, 11]
+        assert j.purge(100, now=2000.0) == 0
+    finally:
+        j.close()
+
+
+def test_the_sequence_goes_on_after_every_event_was_purged(tmp_path: Path):
+    db = tmp_path / "j.db"
+    j = Journal(db, "gw")
+    for _ in range(5):
+        j.append("a", at=1.0)
+    j.flush()
+    j.ack(5)
+    assert j.purge(0, now=10.0) == 5
+    j.close()
+    j = Journal(db, "gw")
+    try:
+        assert j.events() == []
+        assert j.append("b").seq == 6  # never 1 again: head office would drop it as a duplicate
+    finally:
+        j.close()
+
+
+def test_writes_run_on_the_writer_thread_after_the_events_queued_before_them(tmp_path: Path):
+    j = Journal(tmp_path / "j.db", "gw")
+    seen: list[int] = []
+    j.on_commit(seen.append)
+    try:
+        j.append("a")
+        count = j.write(lambda c: c.execute("SELECT count(*) FROM events").fetchone()[0])
+        assert count == 1  # the event was committed before the write ran
+        assert seen and seen[-1] == 1
+        with pytest.raises(JournalError, match="write failed"):
+            j.write(lambda c: c.execute("INSERT INTO no_such_table VALUES (1)"))
+        j.write(lambda c: c.execute("INSERT INTO sync_state VALUES ('k', '1')"))
+        assert j.read(lambda c: c.execute("SELECT value FROM sync_state").fetchone()[0]) == "1"
+    finally:
+        j.close()

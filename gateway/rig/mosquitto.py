@@ -29,6 +29,7 @@ import re
 import secrets
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -51,9 +52,9 @@ class Mosquitto:
 
     Attributes: `host` ("127.0.0.1"), `port` (plain listener, password auth), `tls_port` (TLS
     listener, same auth), `ca_file` (the CA that signed the server certificate: pin it in
-    clients), `users` (name -> password), `workdir`, `conf_file`, `log_file`, `process`
-    (the RigProcess, for fault injection: `broker.process.kill()`), `start_seconds` (time of the
-    last start until both ports accepted).
+    clients; `ca_key` is its key), `users` (name -> password), `workdir`, `conf_file`,
+    `log_file`, `process` (the RigProcess, for fault injection: `broker.process.kill()`),
+    `start_seconds` (time of the last start until both ports accepted).
     """
 
     def __init__(self, workdir: Path, *, port: int, tls_port: int, ca_file: Path,
@@ -63,6 +64,7 @@ class Mosquitto:
         self.port = port
         self.tls_port = tls_port
         self.ca_file = ca_file
+        self.ca_key = ca_file.with_suffix(".key")
         self.users = dict(users)
         self.conf_file = conf_file
         self.log_file = workdir / "mosquitto.log"
@@ -71,12 +73,16 @@ class Mosquitto:
 
     @classmethod
     def start(cls, workdir: Path, *, users: dict[str, str] | None = None,
-              acl: str | None = None, timeout: float = 10.0) -> Mosquitto:
+              acl: str | None = None, settings: Sequence[str] = (),
+              tls_settings: Sequence[str] = (), timeout: float = 10.0) -> Mosquitto:
         """Configure and start a broker in `workdir` (created if needed); returns when ready.
 
         `users` defaults to {"gateway": <random>, "hq": <random>}. `acl` is the text of a
         mosquitto ACL file (e.g. "pattern readwrite site/%u/#"); without it every authenticated
-        user may use every topic.
+        user may use every topic. `settings`: more mosquitto.conf lines for every listener
+        (e.g. "max_queued_messages 20000"); `tls_settings`: lines for the TLS listener only
+        (e.g. "require_certificate true", "use_identity_as_username true": clients then log in
+        with a certificate from `ca_file`'s CA, its CN the user name; `ca_key` signs them).
         """
         workdir.mkdir(parents=True, exist_ok=True)
         if users is None:
@@ -122,6 +128,7 @@ class Mosquitto:
             "log_type information",
             "connection_messages true",
             "log_timestamp_format %H:%M:%S",
+            *settings,
         ]
         conf = workdir / "mosquitto.conf"
         for attempt in range(_PORT_ATTEMPTS):
@@ -139,6 +146,7 @@ class Mosquitto:
                 f"cafile {ca_cert}",
                 f"certfile {server_cert}",
                 f"keyfile {server_key}",
+                *tls_settings,
                 "",
             ]))
             broker = cls(workdir, port=port, tls_port=tls_port, ca_file=ca_cert, users=users,
