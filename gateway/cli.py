@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_door(sub)
 
+    from gateway.cli_tui import register as register_tui
+
+    register_tui(sub)
+
     from gateway.cli_trust import register as register_trust
 
     register_trust(sub)
@@ -143,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli_policy import register as register_policy
 
     register_policy(sub)
+
+    from gateway.cli_print import register as register_print
+
+    register_print(sub)
+
+    from gateway.cli_sync import register as register_sync
+
+    register_sync(sub)
 
     d = sub.add_parser("demo", help="run the demo: rig, daemon, virtual cards")
     d.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
