@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from gateway.config import load_config
+from gateway.config import DEFAULT_CONFIG, add_config_options, load_config
 from gateway.control import request
 from gateway.errors import InputError
 
-DEFAULT_CONFIG = Path("/etc/portvakt/portvakt.toml")
 MODES = {"lockdown": "lockdown", "normal": "normal", "emergency": "emergency-open",
          "free": "free-access"}
 
@@ -81,21 +79,17 @@ def register(sub: Any) -> None:
     d = sub.add_parser("door", help="door commands for technicians (through the running daemon)")
     ds = d.add_subparsers(dest="sub", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, help=f"gateway configuration (default {DEFAULT_CONFIG})")
-        p.add_argument("--state-dir", type=Path, help="overrides [gateway] state_dir")
-
     lst = ds.add_parser("list", help="every door: state, mode, board, reader, alarm")
-    common(lst)
+    add_config_options(lst)
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_list)
     un = ds.add_parser("unlock", help="unlock a door for a while (a delivery, say)")
-    common(un)
+    add_config_options(un)
     un.add_argument("door")
     un.add_argument("--seconds", type=float, help="default: the door's unlock_seconds")
     un.set_defaults(func=cmd_unlock)
     lk = ds.add_parser("lock", help="end an unlock now (a free or emergency mode: use normal)")
-    common(lk)
+    add_config_options(lk)
     lk.add_argument("door")
     lk.set_defaults(func=cmd_lock)
     for name, what in (("lockdown", "only the lockdown-override group may pass"),
@@ -103,7 +97,7 @@ def register(sub: Any) -> None:
                        ("emergency", "unlock (not a life-safety function: see operations.md)"),
                        ("free", "hold unlocked until set back to normal")):
         m = ds.add_parser(name, help=what)
-        common(m)
+        add_config_options(m)
         m.add_argument("door", nargs="?")
         m.add_argument("--site", action="store_true", help="every door of the site")
         m.set_defaults(func=cmd_mode, mode=name)

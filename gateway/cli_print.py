@@ -20,15 +20,14 @@ import json
 import os
 import pwd
 import time
-import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.config import DEFAULT_CONFIG, add_config_options, read_toml
 from gateway.control import request
 from gateway.errors import ConfigError, InputError
 
-DEFAULT_CONFIG = Path("/etc/portvakt/portvakt.toml")
 T = TypeVar("T")
 
 
@@ -36,14 +35,7 @@ def _read(args: argparse.Namespace) -> tuple[dict[str, Any], str, Path, str]:
     """The TOML document, its file name, the state directory and the gateway id."""
     path: Path = args.config or DEFAULT_CONFIG
     file = str(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(file, "(file)", f"cannot read: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(file, "(file)", "expected UTF-8 text") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(file, "(syntax)", f"expected valid TOML: {e}") from e
+    raw = read_toml(path)
     gw = raw.get("gateway")
     if not isinstance(gw, dict):
         raise ConfigError(file, "gateway", "missing table; expected [gateway] with id")
@@ -228,20 +220,16 @@ def register(sub: Any) -> None:
     p = sub.add_parser("print", help="print release: held jobs, technician release, purge")
     ps = p.add_subparsers(dest="sub", required=True)
 
-    def common(c: argparse.ArgumentParser) -> None:
-        c.add_argument("--config", type=Path, help=f"gateway configuration (default {DEFAULT_CONFIG})")
-        c.add_argument("--state-dir", type=Path, help="overrides [gateway] state_dir")
-
     j = ps.add_parser("jobs", help="jobs waiting for release (owner, queue, size, time held)")
-    common(j)
+    add_config_options(j)
     j.add_argument("--user", help="only this print user's jobs (DOMAIN\\user, user@realm, user)")
     j.add_argument("--json", action="store_true")
     j.set_defaults(func=cmd_jobs)
     r = ps.add_parser("release", help="release a user's held jobs at a printer (audited)")
-    common(r)
+    add_config_options(r)
     r.add_argument("--user", required=True, help="the print user whose jobs to release")
     r.add_argument("--printer", required=True, help="the printer's name in the configuration")
     r.set_defaults(func=cmd_release)
     g = ps.add_parser("purge", help="cancel jobs held longer than the retention time (audited)")
-    common(g)
+    add_config_options(g)
     g.set_defaults(func=cmd_purge)

@@ -11,19 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, TrustConfig, load_config
+from gateway.config import DEFAULT_CONFIG, Config, TrustConfig, add_config_options, load_config
 from gateway.errors import InputError, TrustError
 from gateway.trust.material import load_certificates
 from gateway.trust.revocation import crl_status, iso_time
 from gateway.trust.store import ingest_file, load_trust_store
 from gateway.trust.validator import Rejection, TrustStore
 
-DEFAULT_CONFIG = Path("/etc/portvakt/portvakt.toml")
-
 
 def add_trust_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help=f"gateway configuration (default {DEFAULT_CONFIG})")
-    p.add_argument("--state-dir", type=Path, help="overrides [gateway] state_dir")
+    add_config_options(p)
     p.add_argument("--trust-anchor", type=Path, action="append", default=[],
                    help="trust anchor (PEM/DER); with it, the configured store is not used")
     p.add_argument("--intermediate", type=Path, action="append", default=[])

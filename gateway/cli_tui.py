@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli_door import DEFAULT_CONFIG
-from gateway.config import load_config
+from gateway.config import DEFAULT_CONFIG, add_config_options, load_config
 from gateway.errors import InputError
 
 
@@ -36,8 +35,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     t = sub.add_parser("tui", help="the technician's dashboard: doors, events, sync, printers")
-    t.add_argument("--config", type=Path, help=f"gateway configuration (default {DEFAULT_CONFIG})")
-    t.add_argument("--state-dir", type=Path, help="overrides [gateway] state_dir")
+    add_config_options(t)
     t.add_argument("--socket", type=Path, help="the daemon's control socket "
                                                "(default <state_dir>/control.sock)")
     t.set_defaults(func=cmd_tui)

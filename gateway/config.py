@@ -6,6 +6,7 @@ paths resolve against the gateway's state directory (systemd's StateDirectory).
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from gateway.errors import ConfigError
 
 T = TypeVar("T")
 IDENTITY_SOURCES = ("upn", "email", "serial", "cn")
+DEFAULT_CONFIG = Path("/etc/portvakt/portvakt.toml")
 PIV_AID_HEX = "A000000308000010000100"
 
 
@@ -243,17 +245,29 @@ def _identity_source(t: _Table) -> str:
                              f"OID>, got {v!r}")
 
 
-def load_config(path: Path, state_dir: Path | None = None) -> Config:
-    """Read and validate `path`; raise ConfigError naming file, key and expected form."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at `path`; ConfigError naming the file when unreadable or not TOML."""
     file = str(path)
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(path.read_text())
     except OSError as e:
         raise ConfigError(file, "(file)", f"cannot read: {e.strerror}") from e
     except UnicodeDecodeError as e:
         raise ConfigError(file, "(file)", "expected UTF-8 text") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "(syntax)", f"expected valid TOML: {e}") from e
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """`--config` and `--state-dir`, as every subcommand that reads the gateway's config has."""
+    p.add_argument("--config", type=Path, help=f"gateway configuration (default {DEFAULT_CONFIG})")
+    p.add_argument("--state-dir", type=Path, help="overrides [gateway] state_dir")
+
+
+def load_config(path: Path, state_dir: Path | None = None) -> Config:
+    """Read and validate `path`; raise ConfigError naming file, key and expected form."""
+    file = str(path)
+    raw = read_toml(Path(path))
     top = _Table(file, "", raw)
     top.reject_unknown({"gateway", "trust", "readers", "boards", "doors", "policy"})
 

@@ -10,13 +10,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, load_config
+from gateway.config import DEFAULT_CONFIG, Config, add_config_options, load_config
 from gateway.errors import PortvaktError
-
-DEFAULT_CONFIG = Path("/etc/portvakt/portvakt.toml")
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     d = sub.add_parser("doctor", help="check everything the gateway needs; exit 1 if any fails")
-    d.add_argument("--config", type=Path, help=f"gateway configuration (default {DEFAULT_CONFIG})")
-    d.add_argument("--state-dir", type=Path, help="overrides [gateway] state_dir")
+    add_config_options(d)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_doctor)
