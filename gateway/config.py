@@ -10,9 +10,13 @@ import argparse
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.errors import ConfigError
+from printer_drivers.config import PrintConfig, parse_print_config
+
+if TYPE_CHECKING:
+    from gateway.sync.config import SyncConfig
 
 T = TypeVar("T")
 IDENTITY_SOURCES = ("upn", "email", "serial", "cn")
@@ -138,6 +142,8 @@ class Config:
     boards: tuple[BoardConfig, ...]
     doors: tuple[DoorConfig, ...]
     policy: PolicyConfig
+    print: PrintConfig | None = None  # None: no [[printers]], print release off
+    mqtt: SyncConfig | None = None  # None: no [mqtt], no head-office sync
 
     @property
     def database(self) -> Path:
@@ -269,7 +275,8 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     file = str(path)
     raw = read_toml(Path(path))
     top = _Table(file, "", raw)
-    top.reject_unknown({"gateway", "trust", "readers", "boards", "doors", "policy"})
+    top.reject_unknown({"gateway", "trust", "readers", "boards", "doors", "policy", "print",
+                       "printers", "mqtt"})
 
     gw = top.table("gateway", required=True)
     gw.reject_unknown({"id", "site", "state_dir"})
@@ -403,6 +410,17 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
                 raise t.fail(field, f"{kind} {n} of board {c.board!r} is already used by door "
                                     f"{other!r}")
 
+    printing = _printers(raw, file, resolve, by_board, doors, used)
+
+    mqtt: SyncConfig | None = None
+    if "mqtt" in raw:
+        from gateway.sync.config import parse_sync_config  # it builds on this module's _Table
+
+        mq = raw["mqtt"]
+        if not isinstance(mq, dict):
+            raise ConfigError(file, "mqtt", "expected a table ([mqtt])")
+        mqtt = parse_sync_config(mq, file, resolve)
+
     pol = top.table("policy")
     pol.reject_unknown({"bundle", "keys"})
     bundle = pol.text("bundle", "")
@@ -413,4 +431,43 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
 
     return Config(Path(path), gw.text("id"), gw.text("site"), sd,
                   Path(sock) if sock else None, tuple(aids), trust,
-                  tuple(c for _, c in boards), tuple(c for _, c in doors), policy)
+                  tuple(c for _, c in boards), tuple(c for _, c in doors), policy, printing, mqtt)
+
+
+def _printers(raw: dict[str, Any], file: str, resolve: Any, boards: dict[str, BoardConfig],
+              doors: list[tuple[_Table, DoorConfig]],
+              used: dict[tuple[str, str, int], str]) -> PrintConfig | None:
+    """[print] and [[printers]] (printer_drivers/config.py), checked against the doors: a
+    printer's reader is not a door's, its feedback board exists and its coils are free."""
+    cfg = parse_print_config(raw, file, resolve)
+    if not cfg.printers:
+        return None
+    door_readers = {(c.reader or c.nfc, c.slot): c.name for _, c in doors}
+    for i, p in enumerate(cfg.printers):
+        key = f"printers[{i}]"
+        door = door_readers.get((p.reader or p.nfc, p.slot))
+        if door is not None:
+            raise ConfigError(file, f"{key}.{'reader' if p.reader else 'nfc'}",
+                              f"a reader of its own: {p.reader or p.nfc!r} slot {p.slot} is "
+                              f"door {door!r}'s reader")
+        fb = p.feedback
+        if fb is None:
+            continue
+        b = boards.get(fb.board)
+        if b is None:
+            raise ConfigError(file, f"{key}.feedback.board",
+                              f"expected the name of a [[boards]] entry, got {fb.board!r}")
+        bus = b.device or f"{b.host}:{b.port}"
+        for colour, n in (("green", fb.green), ("red", fb.red)):
+            if n is None:
+                continue
+            if b.timed_pulse and n >= 256:
+                raise ConfigError(file, f"{key}.feedback.{colour}",
+                                  f"a coil below 256 (board {b.name!r} times its pulses), got {n}")
+            other = used.setdefault((f"{bus}/{b.unit}", "coil", n), f"printer {p.name}")
+            if other != f"printer {p.name}":
+                owner = other if other.startswith("printer ") else f"door {other!r}"
+                raise ConfigError(file, f"{key}.feedback.{colour}",
+                                  f"a free coil: coil {n} of board {b.name!r} is already used "
+                                  f"by {owner}")
+    return cfg

@@ -37,10 +37,15 @@ from gateway.journal import Journal
 from gateway.modes import ModeBook
 from gateway.policy import DecisionState, Mode, Pending
 from gateway.policy_source import PolicySource
+from gateway.printing import PrinterRuntime, Printing
 from gateway.supervisor import supervise
+from gateway.sync.crl import crl_ingester
+from gateway.sync.service import SyncService
+from gateway.sync.signed import VerifiedCommand
 from gateway.trust.revocation import crl_status
 from gateway.trust.store import load_trust_store
 from gateway.trust.validator import Rejection, TrustStore, Validated
+from printer_drivers.commands import print_commands
 from readers.nfc import NfcReader
 from readers.pcsc import PcscReader, list_readers, resolve_reader, split_name
 from readers.profile import PivCakProfile
@@ -81,6 +86,9 @@ class Gateway:
     hub: EventHub | None = None
     pending: tuple[Pending, ...] = ()
     request_reload: Callable[[], None] | None = None  # set by run_daemon: SIGHUP's effect
+    printing: Printing | None = None  # print release ([[printers]]), None when off
+    sync: SyncService | None = None  # head-office sync ([mqtt]), None when off
+    loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
@@ -105,9 +113,21 @@ class Gateway:
                  for b in config.boards}
         policy = PolicySource(config, journal)
         modes = ModeBook(config.state_dir / "modes.json", tuple(doors))
-        return cls(config, journal, trust, policy, modes, boards, links, doors)
+        gw = cls(config, journal, trust, policy, modes, boards, links, doors)
+        try:
+            gw.printing = Printing.build(config, journal, trust, boards)
+            if config.mqtt is not None:
+                gw.sync = SyncService(config.mqtt, config.site, config.gateway_id, journal,
+                                      gw._on_policy, crl_ingester(trust), gw._on_command,
+                                      gw._sync_status)
+        except BaseException:
+            policy.store.close()
+            journal.close()
+            raise
+        return gw
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
         self.journal.append("gateway.started", pid=os.getpid())
         behind = self.trust.trusted_time - time.time()
         if behind > self.trust.clock_skew:
@@ -124,24 +144,39 @@ class Gateway:
             self.tasks.append(self._part(f"relay board {link.name}", link.run))
         self.tasks.append(self._part("mode clock", self._mode_loop))
         self.hub = EventHub(self.journal)
-        self.control = ControlServer(self.config.state_dir / "control.sock", {
+        commands: dict[str, Any] = {
             "status": self._cmd_status, "card.check": self._cmd_card_check,
             "door.list": self._cmd_door_list, "door.unlock": self._cmd_door_unlock,
             "door.lock": self._cmd_door_lock, "door.mode": self._cmd_door_mode,
             "alarm.ack": self._cmd_alarm_ack, "policy.reload": self._cmd_policy_reload,
-            "config.reload": self._cmd_config_reload},
-            {"events.follow": self._stream_events})
+            "config.reload": self._cmd_config_reload}
+        if self.printing is not None:
+            commands.update(print_commands(self.printing.engine, self.journal))
+        self.control = ControlServer(self.config.state_dir / "control.sock", commands,
+                                     {"events.follow": self._stream_events})
         await self.control.start()
+        if self.sync is not None:
+            self.tasks.append(self._part("mqtt sync", self.sync.run))
         profile = PivCakProfile(self.config.aids)
         for door in self.doors.values():
-            reader: PcscReader | NfcReader
-            if door.config.nfc:
-                reader = NfcReader(door.config.name, door.config.nfc, profile)
-            else:
-                reader = PcscReader(door.config.name, door.config.reader, door.config.slot,
-                                    profile)
-            self.tasks.append(self._part(f"reader {door.config.name}",
-                                         functools.partial(self._reader_loop, door, reader)))
+            self.tasks.append(self._part(
+                f"reader {door.config.name}",
+                functools.partial(self._reader_loop, f"door {door.config.name}",
+                                  self._reader(door.config.name, door.config.reader,
+                                               door.config.nfc, door.config.slot, profile),
+                                  functools.partial(self.on_presentation, door))))
+        if self.printing is not None:
+            self.tasks.append(self._part("print retention", self.printing.run_retention))
+            self.tasks.append(self._part("printer watch", functools.partial(
+                self.printing.run_watch, self._status_changed)))
+            for printer in self.printing.printers.values():
+                pc = printer.config
+                self.tasks.append(self._part(
+                    f"reader printer {pc.name}",
+                    functools.partial(self._reader_loop, f"printer {pc.name}",
+                                      self._reader(f"printer {pc.name}", pc.reader, pc.nfc,
+                                                   pc.slot, profile),
+                                      functools.partial(self._at_printer, printer))))
         try:
             await stop.wait()
         finally:
@@ -168,7 +203,12 @@ class Gateway:
             self.policy.watch(time.time())
 
     def _door_changed(self, controller: DoorController) -> None:
-        pass  # a hook for the live dashboard (issue 8)
+        self._status_changed()
+
+    def _status_changed(self) -> None:
+        """Something head office should see at once (a door's state or mode, an alarm)."""
+        if self.sync is not None:
+            self.sync.request_status()
 
     def _decision_state(self) -> DecisionState:
         book = self.modes
@@ -182,20 +222,36 @@ class Gateway:
             pending=self.pending)
 
     # --- readers ------------------------------------------------------------------------------
-    async def _reader_loop(self, door: DoorRuntime, reader: PcscReader | NfcReader) -> None:
+    @staticmethod
+    def _reader(name: str, pcsc: str, nfc: str, slot: int, profile: PivCakProfile
+                ) -> PcscReader | NfcReader:
+        if nfc:
+            return NfcReader(name, nfc, profile)
+        return PcscReader(name, pcsc, slot, profile)
+
+    async def _reader_loop(self, label: str, reader: PcscReader | NfcReader,
+                           handle: Callable[[CardRead | CardFailure | ReaderStatus],
+                                            Awaitable[None]]) -> None:
         backoff = 0.5
+        kind, _, name = label.partition(" ")
+        where: dict[str, Any] = {"door": name} if kind == "door" else {"printer": name}
         while True:
             try:
                 async with reader:
                     backoff = 0.5
                     async for item in reader.presentations():
-                        await self.on_presentation(door, item)
+                        await handle(item)
             except ReaderError as e:
-                log.error("reader for door %s: %s (retrying in %.1fs)", door.config.name, e,
-                          backoff)
-                self.journal.append("reader.fault", door=door.config.name, detail=str(e))
+                log.error("reader for %s: %s (retrying in %.1fs)", label, e, backoff)
+                self.journal.append("reader.fault", detail=str(e), **where)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30)
+
+    async def _at_printer(self, printer: PrinterRuntime,
+                          item: CardRead | CardFailure | ReaderStatus) -> None:
+        assert self.printing is not None
+        await self.printing.on_presentation(printer, item, self.policy.current,
+                                            self._decision_state())
 
     async def on_presentation(self, door: DoorRuntime,
                               item: CardRead | CardFailure | ReaderStatus) -> None:
@@ -285,7 +341,71 @@ class Gateway:
                          for i in self.trust.revocation.all()],
                 "clock": {"synchronised": clock.synchronised, "detail": clock.describe(),
                           "behind_trusted_s": max(0, round(self.trust.trusted_time - time.time()))},
+                "printers": self.printing.status() if self.printing is not None else [],
+                "sync": self._sync_json(),
+                "journal": {"last_seq": self.journal.last_seq},
                 "journal_fault": self.journal.fault}
+
+    def _sync_json(self) -> dict[str, Any] | None:
+        if self.sync is None:
+            return None
+        c = self.sync.config
+        return {**self.sync.snapshot(), "broker": f"{c.host}:{c.port}"}
+
+    # --- head-office sync callbacks -------------------------------------------------------------
+    def _on_policy(self, envelope: bytes) -> Any:
+        """A signed bundle from head office; runs on a worker thread (SyncService's)."""
+        outcome = self.policy.offer(envelope)
+        if outcome.status == "applied" and self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self.loop.call_soon_threadsafe(self._policy_applied)
+        return outcome
+
+    def _policy_applied(self) -> None:
+        self._apply_modes()
+        self._status_changed()
+
+    async def _on_command(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        """A verified, single-use head-office command (journaled by SyncService)."""
+        if cmd.action == "door.unlock":
+            name = cmd.args.get("door")
+            door = self.doors.get(name) if isinstance(name, str) else None
+            if door is None:
+                raise CommandError(f"no door {name!r}; doors: {', '.join(self.doors)}")
+            if door.controller.faulted:
+                raise CommandError(f"door {name!r} is faulted: {door.controller.machine.fault}")
+            seconds = float(cmd.args.get("seconds") or door.config.timing.access)
+            door.controller.unlock(seconds, "head office")
+            return {"door": name, "seconds": seconds}
+        if cmd.action in ("site.lockdown", "site.normal"):
+            mode = DoorMode.LOCKDOWN if cmd.action == "site.lockdown" else DoorMode.NORMAL
+            before = self.modes.set(None, mode)
+            self._apply_modes()
+            self._status_changed()
+            return {"site_mode": mode.value, "before": before.value}
+        raise CommandError(f"action {cmd.action!r} is not carried out by this gateway")
+
+    def _sync_status(self) -> dict[str, Any]:
+        """The retained status head office sees (SyncService adds journal, sync and online)."""
+        now = time.time()
+        doors = [{"name": d["name"], "state": d["state"], "mode": d["mode"],
+                  "alarm": d["alarm"], "faulted": d["faulted"], "reader_online":
+                  d["reader_online"], "board_online": d["board_online"]}
+                 for d in self._doors_json()]
+        alarms = [f"{d['name']}:{d['alarm']}" for d in doors if d["alarm"]]
+        alarms += [f"{d['name']}:fault" for d in doors if d["faulted"]]
+        pol = self.policy.status(now)
+        if pol.get("stale"):
+            alarms.append("policy-stale")
+        crls = [crl_status(i, now, self.config.trust.crl_grace)
+                for i in self.trust.revocation.all()]
+        return {"site_mode": self.modes.site.value, "doors": doors, "alarms": alarms,
+                "policy": {"version": pol.get("version"), "stale": pol.get("stale"),
+                           "age_s": pol.get("age_s")},
+                "crls": crls,
+                "printers": [{"name": p["name"], "state": p.get("state"),
+                              "held_jobs": p.get("held_jobs")}
+                             for p in (self.printing.status() if self.printing else [])]}
 
     async def _cmd_door_list(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
         return {"site_mode": self.modes.site.value, "doors": self._doors_json()}
@@ -411,6 +531,9 @@ class Gateway:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.printing is not None:
+            with contextlib.suppress(Exception):
+                await self.printing.close()
         # Each door task locks its door in its own finally (retried, uncancellable).
         for t in self.door_tasks:
             t.cancel()

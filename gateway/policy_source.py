@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 from gateway.bundle import BundleError, Outcome, PolicyStore, VerifiedBundle, load_keys, stale
@@ -25,6 +26,8 @@ class PolicySource:
         self.bundle: VerifiedBundle | None = None
         self.last_rejection: dict[str, Any] | None = None
         self._stale_alarmed = False
+        # Offers come from the loop's worker threads (file reload) and from MQTT sync's.
+        self._lock = threading.Lock()
 
     @property
     def current(self) -> Policy | None:
@@ -50,7 +53,7 @@ class PolicySource:
     def reload(self) -> str:
         """Offer the configured bundle file; returns applied / ignored / rejected / absent."""
         data = self._read()
-        return data if isinstance(data, str) else self._outcome(self.store.offer(data))
+        return data if isinstance(data, str) else self.offer(data).status
 
     async def reload_async(self) -> str:
         """`reload` off the event loop: opening a large bundle takes seconds (a 100,000-person
@@ -58,7 +61,15 @@ class PolicySource:
         data = await asyncio.to_thread(self._read)
         if isinstance(data, str):
             return data
-        return self._outcome(await asyncio.to_thread(self.store.offer, data))
+        return (await asyncio.to_thread(self.offer, data)).status
+
+    def offer(self, data: bytes) -> Outcome:
+        """Offer a signed bundle that arrived from head office (MQTT sync). Blocking (seconds
+        for a large bundle): call it off the event loop. Journals its outcome."""
+        with self._lock:
+            outcome = self.store.offer(data)
+            self._outcome(outcome)
+        return outcome
 
     def _read(self) -> bytes | str:
         """The bundle file's bytes, or the outcome ("absent", "rejected") when there are none."""

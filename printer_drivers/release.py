@@ -323,6 +323,14 @@ class PrintRelease:
 
     # --- listing, retention, following ------------------------------------------------------------
 
+    def held_counts(self) -> dict[str, int]:
+        """Held jobs per queue (casefolded name) as the index knows them now (exact after each
+        full relist: at start and at every purge); no request to cupsd."""
+        counts: dict[str, int] = {}
+        for j in self._jobs.values():
+            counts[j.queue] = counts.get(j.queue, 0) + 1
+        return counts
+
     async def held_jobs(self, user: str | None = None) -> list[HeldJob]:
         """Every job waiting for release (after a full relist), oldest first; only those of
         print user `user` (normalised) when given. Raises InputError for an empty `user`,

@@ -17,6 +17,17 @@ def test_shipped_configs_are_valid():
     for name in ("demo.toml", "example.toml"):
         cfg = load_config(repo_root() / "config" / name)
         assert cfg.doors and cfg.trust.profiles
+    demo = load_config(repo_root() / "config" / "demo.toml", Path("/state"))
+    assert demo.print is not None and [p.name for p in demo.print.printers] == ["floor1"]
+    assert demo.print.socket == Path("/state/cups.sock")
+    assert demo.mqtt is not None and demo.mqtt.password_file == Path("/state/mqtt/password")
+
+
+def test_a_config_without_printers_or_mqtt_leaves_them_off(tmp_path: Path):
+    plain = tmp_path / "plain.toml"
+    plain.write_text(GOOD.split("\n# Print release:")[0])
+    cfg = load_config(plain)
+    assert cfg.print is None and cfg.mqtt is None
 
 
 @pytest.mark.parametrize(("edit", "key", "expected"), [
@@ -47,6 +58,20 @@ def test_shipped_configs_are_valid():
     (('site = "demo"', ""), "gateway.site", "missing"),
     (('[trust]', '[trust]\nrevocation_unknown = "maybe"'), "trust.revocation_unknown",
      "one of deny, allow"),
+    (('nfc = "udp:127.0.0.1:15031"', 'nfc = "udp:127.0.0.1:15030"'), "printers[0].nfc",
+     "door 'lab'"),
+    (('board = "board1", green = 8', 'board = "board9", green = 8'),
+     "printers[0].feedback.board", "the name of a [[boards]] entry"),
+    (("green = 8, red = 9", "green = 8, red = 5"), "printers[0].feedback.red",
+     "coil 5 of board 'board1' is already used by door 'front'"),
+    (("green = 8, red = 9", "green = 300, red = 9"), "printers[0].feedback.green",
+     "a coil below 256"),
+    (('queue = "floor1"', 'queue = "findme"'), "printers[0].queue", "other than the find-me"),
+    (('server = "cups.sock"', 'server = "cups.sock"\ncolour = 1'), "print.colour", "unknown key"),
+    (('[mqtt]\nhost = "127.0.0.1"', '[mqtt]\npassword = "hunter2"\nhost = "127.0.0.1"'),
+     "mqtt.password", "put the password in a file"),
+    (('ca_file = "mqtt/ca.pem"\n', ""), "mqtt.ca_file", "TLS is required"),
+    (("port = 15883", "port = 0"), "mqtt.port", "an integer 1..65535"),
 ])
 def test_bad_config_names_file_key_and_expected_form(tmp_path: Path, edit, key, expected):
     old, new = edit
