@@ -87,7 +87,7 @@ def cmd_board_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, dashboard=False if args.no_dashboard else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the demo: rig, daemon, virtual cards")
     d.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
+    d.add_argument("--no-dashboard", action="store_true",
+                   help="print the timeline only, even in a terminal")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -149,7 +149,59 @@ def check_daemon(cfg: Config) -> tuple[bool, str]:
     return True, text + (f"; alarms: {', '.join(alarms)}" if alarms else "")
 
 
-EXTRA_CHECKS: list[Callable[[Config], Check | None]] = []  # printers, broker: added by their modules
+def check_printers(cfg: Config) -> tuple[bool, str]:
+    """cupsd answers on the configured server and every printer may print now."""
+    from printer_drivers.model import refusal
+    from printer_drivers.release import PrintRelease
+
+    pc = cfg.print
+    assert pc is not None
+
+    class _NoJournal:
+        def append(self, kind: str, **data: Any) -> None:
+            return None
+
+    async def probe() -> list[tuple[str, tuple[str, str] | None]]:
+        async with PrintRelease(pc, _NoJournal()) as engine:
+            out = []
+            for p in pc.printers:
+                state = await engine.printer_state(p.name)
+                out.append((p.name, refusal(state) if state else ("queue-not-found", "")))
+            return out
+
+    states = asyncio.run(probe())
+    bad = [f"{name}: {r[0]}{f' ({r[1]})' if r[1] else ''}" for name, r in states if r]
+    if bad:
+        return False, f"cupsd at {pc.server} answers; {'; '.join(bad)}"
+    return True, f"cupsd at {pc.server} answers; {len(states)} printer(s) ready"
+
+
+def check_broker(cfg: Config) -> tuple[bool, str]:
+    """The broker accepts this gateway's credentials over TLS with the pinned CA. A session of
+    its own (clean, another client id): the daemon's persistent session is not touched."""
+    from gateway.sync.mqtt import BrokerError, BrokerParams, connect, read_secret
+
+    m = cfg.mqtt
+    assert m is not None
+    password = (read_secret(m.password_file, str(cfg.file), "mqtt.password_file")
+                if m.password_file is not None else None)
+    params = BrokerParams(m.host, m.port, m.ca_file,
+                          f"{m.client_id or f'portvakt-{cfg.site}-{cfg.gateway_id}'}-doctor",
+                          m.username, password, m.client_cert, m.client_key, m.protocol,
+                          persistent=False, timeout=min(m.connect_timeout, 10.0))
+
+    async def probe() -> None:
+        async with connect(params):
+            pass
+
+    try:
+        asyncio.run(probe())
+    except BrokerError as e:
+        return False, f"{m.host}:{m.port}: {e}"
+    return True, f"{m.host}:{m.port} accepts this gateway (TLS, pinned CA)"
+
+
+EXTRA_CHECKS: list[Callable[[Config], Check | None]] = []  # site-specific checks may add more
 
 
 def run_checks(cfg: Config) -> list[Check]:
@@ -162,6 +214,10 @@ def run_checks(cfg: Config) -> list[Check]:
         _run("relay boards", lambda: check_boards(cfg)),
         _run("daemon", lambda: check_daemon(cfg)),
     ]
+    if cfg.print is not None:
+        checks.append(_run("printers", lambda: check_printers(cfg)))
+    if cfg.mqtt is not None:
+        checks.append(_run("head office", lambda: check_broker(cfg)))
     for extra in EXTRA_CHECKS:
         c = extra(cfg)
         if c is not None:

@@ -211,6 +211,8 @@ class Printing:
     async def run_watch(self, changed: Callable[[], None] | None = None) -> None:
         """Each printer's state every WATCH_SECONDS, for the status and the dashboard."""
         while True:
+            with contextlib.suppress(PrinterError):  # new held jobs, for the held counts
+                await self.engine.sync()
             for rt in self.printers.values():
                 error: str | None
                 try:

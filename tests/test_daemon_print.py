@@ -5,6 +5,7 @@ relay board, the control API's print commands and status. cupsd going away never
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,19 @@ def test_a_technician_releases_through_the_daemon_audited(
     assert (audit["owner"], audit["printer"]) == ("bob", "p2") and audit["user"]
     bad = d.ask({"cmd": "print.release", "user": "bob", "printer": "nope"})
     assert not bad["ok"] and "nope" in bad["error"]
+
+
+def test_doctor_checks_cupsd_and_each_printer_and_names_cupsd_down(
+        daemon_factory: Any, print_site: PrintRig) -> None:
+    from tests.test_doctor import doctor
+
+    d = start(daemon_factory, print_site)
+    r = doctor(d, "--json")
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert checks["printers"]["ok"], checks["printers"]
+    assert "2 printer(s) ready" in checks["printers"]["detail"]
+    print_site.processes["cupsd"].stop()
+    r = doctor(d)
+    line = next(x for x in r.stdout.splitlines() if "printers" in x)
+    assert r.returncode == 1 and line.startswith("FAIL"), r.stdout
+    assert "Traceback" not in r.stderr

@@ -210,3 +210,19 @@ def test_a_daemon_with_an_unreadable_broker_password_refuses_to_start_clearly(
         daemon_factory(door_toml=toml)
     log = (tmp_path / "portvakt0.log").read_text()
     assert "mqtt.password_file" in log and "Traceback" not in log
+
+
+def test_doctor_checks_the_broker_without_disturbing_the_daemons_session(
+        daemon_factory: Any, broker: Mosquitto, tmp_path: Path, head_office: Any) -> None:
+    from tests.test_doctor import doctor
+
+    d = start(daemon_factory, broker, tmp_path, head_office)
+    r = doctor(d, "--json")
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert checks["head office"]["ok"], checks["head office"]
+    assert connected(d)  # its own client id: the daemon's session was not taken over
+    broker.stop()
+    r = doctor(d)
+    line = next(x for x in r.stdout.splitlines() if "head office" in x)
+    assert r.returncode == 1 and line.startswith("FAIL"), r.stdout
+    assert "Traceback" not in r.stderr

@@ -74,7 +74,8 @@ class Mosquitto:
     @classmethod
     def start(cls, workdir: Path, *, users: dict[str, str] | None = None,
               acl: str | None = None, settings: Sequence[str] = (),
-              tls_settings: Sequence[str] = (), timeout: float = 10.0) -> Mosquitto:
+              tls_settings: Sequence[str] = (), tls_port: int | None = None,
+              timeout: float = 10.0) -> Mosquitto:
         """Configure and start a broker in `workdir` (created if needed); returns when ready.
 
         `users` defaults to {"gateway": <random>, "hq": <random>}. `acl` is the text of a
@@ -83,6 +84,8 @@ class Mosquitto:
         (e.g. "max_queued_messages 20000"); `tls_settings`: lines for the TLS listener only
         (e.g. "require_certificate true", "use_identity_as_username true": clients then log in
         with a certificate from `ca_file`'s CA, its CN the user name; `ca_key` signs them).
+        `tls_port`: a fixed port for the TLS listener (the demo's config names it); default a
+        free one.
         """
         workdir.mkdir(parents=True, exist_ok=True)
         if users is None:
@@ -134,22 +137,22 @@ class Mosquitto:
         for attempt in range(_PORT_ATTEMPTS):
             # free_port() only says the port was free a moment ago: another process may bind it
             # before mosquitto does. Then mosquitto exits at once and we pick new ports.
-            port, tls_port = free_port(), free_port()
-            while tls_port == port:
-                tls_port = free_port()
+            port, tls = free_port(), tls_port or free_port()
+            while tls == port:
+                port = free_port()
             _write_private(conf, "\n".join([
                 *common,
                 "",
                 f"listener {port} {HOST}",
                 "",
-                f"listener {tls_port} {HOST}",
+                f"listener {tls} {HOST}",
                 f"cafile {ca_cert}",
                 f"certfile {server_cert}",
                 f"keyfile {server_key}",
                 *tls_settings,
                 "",
             ]))
-            broker = cls(workdir, port=port, tls_port=tls_port, ca_file=ca_cert, users=users,
+            broker = cls(workdir, port=port, tls_port=tls, ca_file=ca_cert, users=users,
                          conf_file=conf)
             try:
                 broker._launch(timeout)
