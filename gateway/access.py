@@ -41,6 +41,11 @@ def decide(policy: Policy | None, verdict: Validated | Rejection, resource: str,
     `no-policy`."""
     if isinstance(verdict, Rejection):
         return Decision(False, verdict.reason)
+    if policy is None:
+        return Decision(False, "no-policy")
+    # The chain and the proof of possession are valid, so the person is known even when the
+    # stance denies: the journal says who was turned away for a stale CRL.
+    decision = policy_decide(policy, verdict.identity.key, resource, at, state)
     alarms: list[str] = []
     for flag, code, mode in (
             (verdict.revocation == "unknown", "revocation-unknown", stance.revocation_unknown),
@@ -48,9 +53,6 @@ def decide(policy: Policy | None, verdict: Validated | Rejection, resource: str,
             (verdict.clock_behind, "clock-behind", stance.clock_behind)):
         if flag:
             if mode == "deny":
-                return Decision(False, code)
+                return Decision(False, code, decision.person)
             alarms.append(f"alarm:{code}")
-    if policy is None:
-        return Decision(False, "no-policy")
-    decision = policy_decide(policy, verdict.identity.key, resource, at, state)
     return replace(decision, actions=(*decision.actions, *alarms)) if alarms else decision

@@ -51,6 +51,7 @@ from readers.pcsc import PcscReader, list_readers, resolve_reader, split_name
 from readers.profile import PivCakProfile
 
 log = logging.getLogger(__name__)
+CRL_WATCH_SECONDS = 60.0
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Gateway:
     printing: Printing | None = None  # print release ([[printers]]), None when off
     sync: SyncService | None = None  # head-office sync ([mqtt]), None when off
     loop: asyncio.AbstractEventLoop | None = None
+    stale_crls: set[str] = field(default_factory=set)  # issuers whose CRL is past nextUpdate+grace
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
@@ -143,6 +145,7 @@ class Gateway:
         for link in self.links.values():
             self.tasks.append(self._part(f"relay board {link.name}", link.run))
         self.tasks.append(self._part("mode clock", self._mode_loop))
+        self.tasks.append(self._part("CRL freshness", self._crl_watch))
         self.hub = EventHub(self.journal)
         commands: dict[str, Any] = {
             "status": self._cmd_status, "card.check": self._cmd_card_check,
@@ -201,6 +204,33 @@ class Gateway:
             await asyncio.sleep(1.0 - time.time() % 1.0)
             self._apply_modes()
             self.policy.watch(time.time())
+
+    async def _crl_watch(self) -> None:
+        """Raise alarm.crl-stale once per CRL that passes nextUpdate + grace (doors then apply
+        their crl_stale stance), and alarm.cleared when a newer CRL arrives. Wakes at the next
+        such instant, at least every CRL_WATCH_SECONDS (a CRL may be replaced meanwhile)."""
+        while True:
+            now = time.time()
+            grace = self.config.trust.crl_grace
+            stale: set[str] = set()
+            due = now + CRL_WATCH_SECONDS
+            for idx in self.trust.revocation.all():
+                st = crl_status(idx, now, grace)
+                if st["state"] == "stale":
+                    stale.add(st["issuer"])
+                elif idx.next_update is not None:
+                    due = min(due, idx.next_update + grace + 0.01)
+            for issuer in sorted(stale - self.stale_crls):
+                log.error("the CRL of %s is past its nextUpdate (+%g s grace): doors apply their "
+                          "crl_stale stance", issuer, grace)
+                self.journal.append("alarm.crl-stale", reason="crl-stale", issuer=issuer)
+            for issuer in sorted(self.stale_crls - stale):
+                self.journal.append("alarm.cleared", reason="crl-fresh", alarm="crl-stale",
+                                    issuer=issuer)
+            if stale != self.stale_crls:
+                self.stale_crls = stale
+                self._status_changed()
+            await asyncio.sleep(max(0.05, due - time.time()))
 
     def _door_changed(self, controller: DoorController) -> None:
         self._status_changed()
@@ -397,6 +427,7 @@ class Gateway:
         pol = self.policy.status(now)
         if pol.get("stale"):
             alarms.append("policy-stale")
+        alarms += [f"crl-stale:{issuer}" for issuer in sorted(self.stale_crls)]
         crls = [crl_status(i, now, self.config.trust.crl_grace)
                 for i in self.trust.revocation.all()]
         return {"site_mode": self.modes.site.value, "doors": doors, "alarms": alarms,
