@@ -188,3 +188,27 @@ def test_doctor_checks_cupsd_and_each_printer_and_names_cupsd_down(
     line = next(x for x in r.stdout.splitlines() if "printers" in x)
     assert r.returncode == 1 and line.startswith("FAIL"), r.stdout
     assert "Traceback" not in r.stderr
+
+
+async def test_the_dashboard_shows_each_printer_and_the_held_jobs(
+        daemon_factory: Any, print_site: PrintRig, tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    from tests.test_tui import SIZE, connected, sock, until
+    from tui.app import Dashboard
+
+    submit(print_site, tmp_path, "bob", 4)
+    submit(print_site, tmp_path, "alice", 5)
+    d = start(daemon_factory, print_site)
+    app = Dashboard(sock(d))
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot, app)
+
+        def panel() -> str:
+            return str(app.query_one("#printers", Static).render())
+
+        await until(pilot, lambda: "p1 idle" in panel() and "p2 idle" in panel()
+                    and f"{SITE_FINDME} (hold) holding · held 2" in panel(),
+                    "printers and the 2 held jobs in the dashboard", timeout=20)
+        print_site.processes["cupsd"].stop()
+        await until(pilot, lambda: "p1 unreachable" in panel(), "cupsd down shown", timeout=20)
