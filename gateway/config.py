@@ -16,7 +16,7 @@ from gateway.errors import ConfigError
 from printer_drivers.config import PrintConfig, parse_print_config
 
 if TYPE_CHECKING:
-    from gateway.sync.config import SyncConfig
+    from gateway.sync.config import CrlFetchConfig, SyncConfig
 
 T = TypeVar("T")
 IDENTITY_SOURCES = ("upn", "email", "serial", "cn")
@@ -144,6 +144,9 @@ class Config:
     policy: PolicyConfig
     print: PrintConfig | None = None  # None: no [[printers]], print release off
     mqtt: SyncConfig | None = None  # None: no [mqtt], no head-office sync
+    # CRL distribution points fetched by the daemon itself ([crl]); with [mqtt] they are
+    # mqtt.crl (SyncService runs the fetcher and wakes it on a head-office notice)
+    crl_fetch: CrlFetchConfig | None = None
 
     @property
     def database(self) -> Path:
@@ -276,7 +279,7 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     raw = read_toml(Path(path))
     top = _Table(file, "", raw)
     top.reject_unknown({"gateway", "trust", "readers", "boards", "doors", "policy", "print",
-                       "printers", "mqtt"})
+                       "printers", "mqtt", "crl"})
 
     gw = top.table("gateway", required=True)
     gw.reject_unknown({"id", "site", "state_dir"})
@@ -413,13 +416,26 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     printing = _printers(raw, file, resolve, by_board, doors, used)
 
     mqtt: SyncConfig | None = None
-    if "mqtt" in raw:
-        from gateway.sync.config import parse_sync_config  # it builds on this module's _Table
+    crl_fetch: CrlFetchConfig | None = None
+    if "mqtt" in raw or "crl" in raw:
+        import dataclasses
 
-        mq = raw["mqtt"]
-        if not isinstance(mq, dict):
-            raise ConfigError(file, "mqtt", "expected a table ([mqtt])")
-        mqtt = parse_sync_config(mq, file, resolve)
+        # gateway.sync.config builds on this module's _Table: imported here, not at the top
+        from gateway.sync.config import parse_crl_fetch, parse_sync_config
+
+        if "crl" in raw:
+            crl_fetch = parse_crl_fetch(top.table("crl"))
+        mq = raw.get("mqtt")
+        if mq is not None:
+            if not isinstance(mq, dict):
+                raise ConfigError(file, "mqtt", "expected a table ([mqtt])")
+            mqtt = parse_sync_config(mq, file, resolve)
+            if crl_fetch is not None:
+                if mqtt.crl.urls:
+                    raise ConfigError(file, "mqtt.crl", "the distribution points in one place: "
+                                                        "[crl] or [mqtt.crl], not both")
+                mqtt = dataclasses.replace(mqtt, crl=crl_fetch)
+                crl_fetch = None
 
     pol = top.table("policy")
     pol.reject_unknown({"bundle", "keys"})
@@ -431,7 +447,8 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
 
     return Config(Path(path), gw.text("id"), gw.text("site"), sd,
                   Path(sock) if sock else None, tuple(aids), trust,
-                  tuple(c for _, c in boards), tuple(c for _, c in doors), policy, printing, mqtt)
+                  tuple(c for _, c in boards), tuple(c for _, c in doors), policy, printing, mqtt,
+                  crl_fetch)
 
 
 def _printers(raw: dict[str, Any], file: str, resolve: Any, boards: dict[str, BoardConfig],

@@ -39,9 +39,10 @@ from gateway.policy import DecisionState, Mode, Pending
 from gateway.policy_source import PolicySource
 from gateway.printing import PrinterRuntime, Printing
 from gateway.supervisor import supervise
-from gateway.sync.crl import crl_ingester
+from gateway.sync.crl import CrlFetcher, crl_ingester
 from gateway.sync.service import SyncService
 from gateway.sync.signed import VerifiedCommand
+from gateway.sync.state import SyncState
 from gateway.trust.revocation import crl_status
 from gateway.trust.store import load_trust_store
 from gateway.trust.validator import Rejection, TrustStore, Validated
@@ -160,6 +161,8 @@ class Gateway:
         await self.control.start()
         if self.sync is not None:
             self.tasks.append(self._part("mqtt sync", self.sync.run))
+        elif self.config.crl_fetch is not None and self.config.crl_fetch.urls:
+            self.tasks.append(self._part("CRL fetch", self._crl_fetch))
         profile = PivCakProfile(self.config.aids)
         for door in self.doors.values():
             self.tasks.append(self._part(
@@ -231,6 +234,23 @@ class Gateway:
                 self.stale_crls = stale
                 self._status_changed()
             await asyncio.sleep(max(0.05, due - time.time()))
+
+    async def _crl_fetch(self) -> None:
+        """CRLs from their distribution points without head-office sync ([crl] urls)."""
+        assert self.config.crl_fetch is not None
+        ingest = crl_ingester(self.trust, "fetch")
+
+        async def install(data: bytes) -> Any:
+            return await asyncio.to_thread(ingest, data)
+
+        def result(url: str, outcome: str, detail: str) -> None:
+            if outcome == "installed":
+                log.info("CRL from %s installed", url)
+                self.journal.append("crl.installed", source=url)
+                self._status_changed()
+
+        await CrlFetcher(self.config.crl_fetch, install, SyncState(self.journal), self.journal,
+                         on_result=result).run()
 
     def _door_changed(self, controller: DoorController) -> None:
         self._status_changed()

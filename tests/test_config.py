@@ -116,3 +116,24 @@ def test_config_init_writes_the_templates_and_keeps_existing_files(tmp_path: Pat
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "init", str(tmp_path)],
                        capture_output=True, text=True, timeout=30, check=True)
     assert "exists, kept" in r.stdout and (tmp_path / "demo.toml").read_text() == "# mine"
+
+
+def test_crl_distribution_points_in_crl_or_mqtt_crl_but_not_both(tmp_path: Path):
+    plain = GOOD.split("\n# Print release:")[0]
+    f = tmp_path / "c.toml"
+    f.write_text(plain + '\n[crl]\nurls = ["http://pki.example/issuing.crl"]\n')
+    cfg = load_config(f)
+    assert cfg.mqtt is None and cfg.crl_fetch is not None
+    assert cfg.crl_fetch.urls == ("http://pki.example/issuing.crl",)
+    f.write_text(GOOD + '\n[crl]\nurls = ["http://pki.example/issuing.crl"]\n')
+    cfg = load_config(f)  # with [mqtt], sync runs the fetcher (and wakes it on a notice)
+    assert cfg.crl_fetch is None and cfg.mqtt is not None
+    assert cfg.mqtt.crl.urls == ("http://pki.example/issuing.crl",)
+    f.write_text(GOOD + '\n[mqtt.crl]\nurls = ["http://a/1.crl"]\n[crl]\nurls = ["http://b/2.crl"]\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert e.value.key == "mqtt.crl" and "not both" in e.value.expected
+    f.write_text(plain + '\n[crl]\nurls = ["ftp://pki.example/issuing.crl"]\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert e.value.key == "crl.urls[0]"

@@ -46,3 +46,32 @@ def test_a_crl_going_stale_raises_an_alarm_when_it_happens_and_doors_apply_their
     denied = d.wait_event("access.denied")
     assert (denied["person"], denied["reason"]) == ("p-alice", "crl-stale")
     wait_until(lambda: len(d.events("alarm.crl-stale")) == 1, 1, "one alarm, not one per check")
+
+
+def test_crls_come_from_their_distribution_point_without_any_broker(
+        daemon_factory: Any, pcsc_rig: PcscRig, demo_pki: DemoPki, tmp_path: Path) -> None:
+    """[crl] urls, no [mqtt]: the daemon fetches the issuing CA's new CRL (number 3, Alice
+    revoked) over http and decides on it; a broken CRL at another point is refused, journaled."""
+    from gateway.rig.http import FileServer
+    from readers.virtual.cardfile import read_card
+
+    folder = demo_pki.issuing.parent
+    ca = x509.load_pem_x509_certificate(demo_pki.issuing.read_bytes())
+    key = load_pem_private_key((folder / "issuing.key").read_bytes(), None)
+    www = tmp_path / "www"
+    www.mkdir()
+    alice = read_card(demo_pki.cards["alice"]).certificate.serial_number
+    crlgen.write_crl(www / "issuing.crl", ca, key, 5, include=[alice],  # type: ignore[arg-type]
+                     crl_number=3)
+    (www / "broken.crl").write_bytes(b"\x30\x03\x02\x01\x01")
+    with FileServer.start(www, tmp_path / "http", tls=False) as dp:
+        d = daemon_factory(door_toml=f'\n[crl]\nurls = ["{dp.url("issuing.crl")}", '
+                                     f'"{dp.url("broken.crl")}"]\n')
+        d.wait_event("crl.installed")
+        refused = d.wait_event("sync.crl-refused")
+        assert refused["source"].endswith("broken.crl")
+        numbers = sorted(c["number"] for c in d.ask({"cmd": "status"})["crls"])
+        assert 3 in numbers
+        pcsc_rig.insert("Door0", demo_pki.cards["alice"])
+        denied = d.wait_event("access.denied")
+        assert denied["reason"] == "revoked"

@@ -111,6 +111,21 @@ CRL_KEYS = {"urls", "lead_seconds", "refresh_seconds", "retry_seconds", "timeout
             "max_bytes"}
 
 
+def parse_crl_fetch(c: _Table) -> CrlFetchConfig:
+    """The CRL distribution points table: `[crl]` (fetched with or without MQTT) or, the older
+    place, `[mqtt.crl]`. Raises ConfigError naming the key."""
+    c.reject_unknown(CRL_KEYS)
+    urls = c.strings("urls", ())
+    for i, u in enumerate(urls):
+        if not u.lower().startswith(("http://", "https://")):
+            raise c.fail(f"urls[{i}]", f"expected an http:// or https:// URL, got {u!r}")
+    refresh = c.number("refresh_seconds", 10, 30 * DAY, 3600.0)
+    return CrlFetchConfig(urls, c.number("lead_seconds", 0, 30 * DAY, 3600.0), refresh,
+                          c.number("retry_seconds", 0.01, 30 * DAY, min(60.0, refresh)),
+                          c.number("timeout_seconds", 1, 3600, 60.0),
+                          c.integer("max_bytes", 1024, 2**40, 512 * 1024 * 1024))
+
+
 def parse_sync_config(raw: dict[str, Any], file: str,
                       resolve: Callable[[str], Path]) -> SyncConfig:
     """Validate the contents of the `[mqtt]` table (`raw`) of configuration file `file`.
@@ -165,17 +180,7 @@ def parse_sync_config(raw: dict[str, Any], file: str,
     inline = t.integer("inline_limit_bytes", 1024, 256 * 1024 * 1024, 256 * 1024)
     message_bytes = t.integer("message_bytes", 1024, inline, min(64 * 1024, inline))
 
-    c = t.table("crl")
-    c.reject_unknown(CRL_KEYS)
-    urls = c.strings("urls", ())
-    for i, u in enumerate(urls):
-        if not u.lower().startswith(("http://", "https://")):
-            raise c.fail(f"urls[{i}]", f"expected an http:// or https:// URL, got {u!r}")
-    refresh = c.number("refresh_seconds", 10, 30 * DAY, 3600.0)
-    crl = CrlFetchConfig(urls, c.number("lead_seconds", 0, 30 * DAY, 3600.0), refresh,
-                         c.number("retry_seconds", 0.01, 30 * DAY, min(60.0, refresh)),
-                         c.number("timeout_seconds", 1, 3600, 60.0),
-                         c.integer("max_bytes", 1024, 2**40, 512 * 1024 * 1024))
+    crl = parse_crl_fetch(t.table("crl"))
 
     backoff_initial = t.number("backoff_initial_seconds", 0.01, 3600, 0.5)
     return SyncConfig(
