@@ -1,9 +1,10 @@
 """Make docs/dashboard.png: the dashboard against a running demo gateway.
 
-Starts what `portvakt demo` starts (pcscd with a virtual reader, the relay-board simulator, the
-daemon on config/demo.toml, on free ports), runs the dashboard headless, plays a short scenario
-while it watches (badges granted and refused, a phone at the lab door, a lockdown, a door forced
-open), saves Textual's SVG screenshot and converts it with rsvg-convert (Debian: librsvg2-bin).
+Starts what `portvakt demo` starts (pcscd with a virtual reader, the relay-board simulator,
+cupsd + ippeveprinter, mosquitto + head office's collector, the daemon on config/demo.toml, on
+free ports), runs the dashboard headless, plays a short scenario while it watches (badges granted
+and refused, a phone at the lab door, a print job held, a lockdown, a door forced open), saves
+Textual's SVG screenshot and converts it with rsvg-convert (Debian: librsvg2-bin).
 Stops everything it started.
 
     .venv/bin/python scripts/dashboard_screenshot.py [--out docs/dashboard.png] [--size 110x32]
@@ -28,7 +29,13 @@ sys.path.insert(0, str(REPO))
 
 from gateway.config import load_config  # noqa: E402
 from gateway.control import request  # noqa: E402
-from gateway.demo import JournalWatch, write_demo_policy  # noqa: E402
+from gateway.demo import (  # noqa: E402
+    JournalWatch,
+    Narrator,
+    _start_head_office,
+    _start_print,
+    write_demo_policy,
+)
 from gateway.pki_demo import make_demo_pki  # noqa: E402
 from gateway.rig.board import RelayBoardRig  # noqa: E402
 from gateway.rig.pcsc import PcscRig  # noqa: E402
@@ -36,11 +43,13 @@ from gateway.rig.proc import RigProcess, free_port, wait_until  # noqa: E402
 from tui.app import Dashboard  # noqa: E402
 
 
-def demo_config(work: Path, board_port: int, nfc_port: int) -> Path:
+def demo_config(work: Path) -> Path:
     """config/demo.toml on this run's free ports."""
     text = (REPO / "config" / "demo.toml").read_text()
-    text = text.replace("port = 15020", f"port = {board_port}")
-    text = text.replace("udp:127.0.0.1:15030", f"udp:127.0.0.1:{nfc_port}")
+    for fixed in ("port = 15020", "port = 15883"):
+        text = text.replace(fixed, f"port = {free_port()}")
+    for fixed in ("udp:127.0.0.1:15030", "udp:127.0.0.1:15031"):
+        text = text.replace(fixed, f"udp:127.0.0.1:{free_port()}")
     path = work / "demo.toml"
     path.write_text(text)
     return path
@@ -82,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _shoot(work: Path, stack: list[Callable[[], None]], size: tuple[int, int]) -> Path:
     state = work / "state"
-    cfg_file = demo_config(work, free_port(), free_port())
+    cfg_file = demo_config(work)
     cfg = load_config(cfg_file, state)
     pki = make_demo_pki(state / "pki")
     write_demo_policy(state / "policy", cfg.site)
@@ -94,6 +103,13 @@ async def _shoot(work: Path, stack: list[Callable[[], None]], size: tuple[int, i
     for d in cfg.doors:
         if d.contact_input is not None:
             board.set_input(d.contact_input, True)
+    quiet = Narrator(quiet=True)
+    printing = _start_print(quiet, cfg, work, state, stack)
+    _start_head_office(quiet, cfg, cfg_file, work, stack)
+    report = work / "bob-report.pdf"
+    report.write_bytes(b"%PDF-1.4\n% a held job\n" + bytes(4096))
+    assert cfg.print is not None
+    printing.submit("bob", report, hold=False, queue=cfg.print.findme_queue)
     daemon = RigProcess("portvakt", [sys.executable, "-m", "gateway.cli", "run", "--config",
                                      str(cfg_file), "--state-dir", str(state)],
                         work / "daemon.log", env={**os.environ}, cwd=REPO)
@@ -143,7 +159,9 @@ async def _shoot(work: Path, stack: list[Callable[[], None]], size: tuple[int, i
         await asyncio.to_thread(scenario)
         await until(lambda: (app.door("front") or {}).get("alarm") is not None
                     and (app.door("lab") or {}).get("mode") == "lockdown"
-                    and any(e.get("kind") == "alarm.forced-open" for e in app.journal_events),
+                    and any(e.get("kind") == "alarm.forced-open" for e in app.journal_events)
+                    and "held 1" in str(app.query_one("#printers").render())
+                    and "connected" in str(app.query_one("#sync").render()),
                     "the alarm and the lockdown on screen")
         await pilot.pause(0.3)  # let the last repaint land before the picture is taken
         svg = work / "dashboard.svg"

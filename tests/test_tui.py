@@ -110,7 +110,8 @@ def test_panels_render_sync_crls_clock_and_printers_when_present():
         "crls": [{"issuer": "CN=Demo Issuing CA,O=Demo", "age_s": 10800,
                   "until_next_update_s": -600, "state": "in-grace"}],
         "clock": {"synchronised": False, "behind_trusted_s": 0},
-        "printers": [{"name": "p1", "state": "idle", "held_jobs": 3}],
+        "printers": [{"name": "p1", "state": "idle", "held_jobs": 3},
+                     {"name": "p2", "state": "idle", "held_jobs": 0, "reader_online": False}],
         "boards": [{"name": "b1", "online": False, "error": "connection refused"}],
     }
     sync = str(sync_panel(status))
@@ -121,6 +122,7 @@ def test_panels_render_sync_crls_clock_and_printers_when_present():
     assert "Clock NOT synchronised" in sync
     printers = str(printers_panel(status))
     assert "p1 idle · held 3" in printers and "Board b1 OFFLINE connection refused" in printers
+    assert "p2 idle · held 0 · reader OFF" in printers
 
 
 def test_event_lines_name_people_by_pseudonym_and_never_quote_a_certificate():
@@ -141,6 +143,12 @@ def test_event_filter_by_door_person_type_and_word():
     assert not EventFilter.parse("door:lab").matches(ev)
     assert not EventFilter.parse("type:alarm").matches(ev)
     assert EventFilter.parse("alice").matches(ev) and not EventFilter.parse("bob").matches(ev)
+    printed = {"kind": "print.released", "door": None, "printer": "floor1", "person": "p-carol",
+               "owner": "carol", "job": 7, "size_kb": 17}
+    assert EventFilter.parse("door:floor1 type:print").matches(printed)
+    assert EventFilter.parse("floor1").matches(printed)
+    line = str(event_line(printed))
+    assert "print.released     floor1 p-carol owner=carol job=7 size_kb=17" in line
 
 
 def test_top_bar_says_disconnected_and_shows_unacknowledged_alarms():

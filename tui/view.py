@@ -33,7 +33,8 @@ STYLE_DIM = "dim"
 _PRIVATE_DETAIL = ("access.", "card.")
 # Extra fields shown after an event's door, person and reason, in this order.
 _EVENT_FIELDS = ("user", "mode", "scope", "before", "seconds", "alarm", "state", "board",
-                 "outcome", "transport", "decision_ms", "detail", "error")
+                 "owner", "job", "size_kb", "issuer", "outcome", "transport", "decision_ms",
+                 "detail", "error")
 
 
 def fmt_age(seconds: float | None) -> str:
@@ -134,7 +135,7 @@ def event_line(ev: dict[str, Any]) -> Text:
     line.append(fmt_clock(ev.get("at")), style=STYLE_DIM)
     line.append(f" {'#' + str(ev.get('seq', '?')):<6}", style=STYLE_DIM)
     line.append(f"{kind:<18}", style=event_style(kind))
-    line.append(f" {ev.get('door') or '':<6}")
+    line.append(f" {ev.get('door') or ev.get('printer') or '':<6}")  # where: a door or printer
     for key in ("person", "reason"):
         value = ev.get(key)
         if value:
@@ -152,9 +153,9 @@ def event_line(ev: dict[str, Any]) -> Text:
 
 @dataclass(frozen=True)
 class EventFilter:
-    """What the filter box asks for: `door:NAME`, `person:ID`, `type:KIND` (also `kind:`), and
-    bare words matched against door, person, kind and user. Every term must match (case
-    insensitive, substring)."""
+    """What the filter box asks for: `door:NAME` (a door or a printer), `person:ID`,
+    `type:KIND` (also `kind:`), and bare words matched against door, person, kind and user.
+    Every term must match (case insensitive, substring)."""
 
     door: tuple[str, ...] = ()
     person: tuple[str, ...] = ()
@@ -187,7 +188,7 @@ class EventFilter:
             value = ev.get(key)
             return str(value).lower() if value is not None else ""
 
-        door, person, kind = text("door"), text("person"), text("kind")
+        door, person, kind = text("door") or text("printer"), text("person"), text("kind")
         anything = " ".join((door, person, kind, text("user")))
         return (all(t in door for t in self.door) and all(t in person for t in self.person)
                 and all(t in kind for t in self.kind) and all(t in anything for t in self.words))
@@ -389,6 +390,8 @@ def printers_panel(status: dict[str, Any] | None) -> Text:
                      else STYLE_FAULT if state.lower() in _PRINTER_BAD else "")
             line = Text(f"{p.get('name', '?')} ", style="bold").append(state, style=style)
             line.append(f" · held {_held(p)}")
+            if p.get("reader_online") is False:
+                line.append(" · reader OFF", style=STYLE_FAULT)
             if p.get("error"):
                 line.append(f" · {p['error']}", style="yellow")
             lines.append(line)
