@@ -86,7 +86,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 # --- sign ----------------------------------------------------------------------------------------
 
-def _private_key(path: Path) -> SigningKey:
+def private_key(path: Path) -> SigningKey:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -154,7 +154,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         raise InputError("--site: expected the site's name")
     if not args.valid_days > 0:
         raise InputError(f"--valid-days: expected more than 0, got {args.valid_days}")
-    key = _private_key(args.key)
+    key = private_key(args.key)
     doc = read_document(args.input)
     now = datetime.now(UTC).replace(microsecond=0)
     b = make_bundle(doc, version=args.version, site=args.site, issued_at=now,

@@ -107,7 +107,7 @@ def add_manifest_options(p: argparse.ArgumentParser) -> None:
 
 
 def _manifest(args: argparse.Namespace, kind: str, scope: str, data: bytes, suffix: str) -> bytes:
-    from gateway.cli_policy import _private_key
+    from gateway.cli_policy import private_key
 
     missing = [o for o, v in (("--upload-dir", args.upload_dir), ("--base-url", args.base_url),
                               ("--manifest-key", args.manifest_key)) if v is None]
@@ -116,7 +116,7 @@ def _manifest(args: argparse.Namespace, kind: str, scope: str, data: bytes, suff
                          f"a manifest is needed, and with it {', '.join(missing)}")
     if not str(args.base_url).lower().startswith("https://"):
         log.warning("--base-url is not https: gateways refuse it unless mqtt.allow_http is set")
-    key = _private_key(args.manifest_key)
+    key = private_key(args.manifest_key)
     digest = hashlib.sha256(data).hexdigest()
     name = f"{kind}-{digest}{suffix}"
     target = args.upload_dir / name
@@ -221,9 +221,9 @@ def cmd_crl_publish(args: argparse.Namespace) -> int:
 # --- commands ------------------------------------------------------------------------------------
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from gateway.cli_policy import _private_key
+    from gateway.cli_policy import private_key
 
-    key = _private_key(args.key)
+    key = private_key(args.key)
     try:
         topics = Topics(args.prefix, check_level(args.site, "--site"),
                         check_level(args.gateway, "--gateway"))

@@ -153,7 +153,7 @@ class Config:
         return self.state_dir / "portvakt.db"
 
 
-class _Table:
+class Table:
     """A TOML table with typed getters whose errors name file and dotted key."""
 
     def __init__(self, file: str, prefix: str, data: dict[str, Any]) -> None:
@@ -214,7 +214,7 @@ class _Table:
             raise self.fail(k, f"expected one of {', '.join(options)}, got {v!r}")
         return v
 
-    def table(self, k: str, required: bool = False) -> _Table:
+    def table(self, k: str, required: bool = False) -> Table:
         v = self.data.get(k, None)
         if v is None:
             if required:
@@ -222,13 +222,13 @@ class _Table:
             v = {}
         if not isinstance(v, dict):
             raise self.fail(k, "expected a table")
-        return _Table(self.file, f"{self.key(k)}.", v)
+        return Table(self.file, f"{self.key(k)}.", v)
 
-    def tables(self, k: str) -> list[_Table]:
+    def tables(self, k: str) -> list[Table]:
         v = self.data.get(k, [])
         if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
             raise self.fail(k, "expected an array of tables ([[...]])")
-        return [_Table(self.file, f"{self.key(k)}[{i}].", x) for i, x in enumerate(v)]
+        return [Table(self.file, f"{self.key(k)}[{i}].", x) for i, x in enumerate(v)]
 
     def reject_unknown(self, known: set[str]) -> None:
         for k in self.data:
@@ -236,7 +236,7 @@ class _Table:
                 raise self.fail(k, f"unknown key; expected one of {', '.join(sorted(known))}")
 
 
-def _unique(items: list[tuple[_Table, str]], what: str) -> None:
+def _unique(items: list[tuple[Table, str]], what: str) -> None:
     seen: set[str] = set()
     for t, name in items:
         if name in seen:
@@ -244,7 +244,7 @@ def _unique(items: list[tuple[_Table, str]], what: str) -> None:
         seen.add(name)
 
 
-def _identity_source(t: _Table) -> str:
+def _identity_source(t: Table) -> str:
     v = t.text("identity", "upn")
     if v in IDENTITY_SOURCES:
         return v
@@ -277,7 +277,7 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     """Read and validate `path`; raise ConfigError naming file, key and expected form."""
     file = str(path)
     raw = read_toml(Path(path))
-    top = _Table(file, "", raw)
+    top = Table(file, "", raw)
     top.reject_unknown({"gateway", "trust", "readers", "boards", "doors", "policy", "print",
                        "printers", "mqtt", "crl"})
 
@@ -420,7 +420,7 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
     if "mqtt" in raw or "crl" in raw:
         import dataclasses
 
-        # gateway.sync.config builds on this module's _Table: imported here, not at the top
+        # gateway.sync.config builds on this module's Table: imported here, not at the top
         from gateway.sync.config import parse_crl_fetch, parse_sync_config
 
         if "crl" in raw:
@@ -452,7 +452,7 @@ def load_config(path: Path, state_dir: Path | None = None) -> Config:
 
 
 def _printers(raw: dict[str, Any], file: str, resolve: Any, boards: dict[str, BoardConfig],
-              doors: list[tuple[_Table, DoorConfig]],
+              doors: list[tuple[Table, DoorConfig]],
               used: dict[tuple[str, str, int], str]) -> PrintConfig | None:
     """[print] and [[printers]] (printer_drivers/config.py), checked against the doors: a
     printer's reader is not a door's, its feedback board exists and its coils are free."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config import _Table
+from gateway.config import Table
 
 DAY = 86400.0
 PROTOCOLS = {"5": 5, "3.1.1": 4}
@@ -111,7 +111,7 @@ CRL_KEYS = {"urls", "lead_seconds", "refresh_seconds", "retry_seconds", "timeout
             "max_bytes"}
 
 
-def parse_crl_fetch(c: _Table) -> CrlFetchConfig:
+def parse_crl_fetch(c: Table) -> CrlFetchConfig:
     """The CRL distribution points table: `[crl]` (fetched with or without MQTT) or, the older
     place, `[mqtt.crl]`. Raises ConfigError naming the key."""
     c.reject_unknown(CRL_KEYS)
@@ -133,7 +133,7 @@ def parse_sync_config(raw: dict[str, Any], file: str,
     `resolve` turns a path as written into a Path (relative paths against the state directory,
     as gateway/config.py does). Raises ConfigError(file, "mqtt.<key>", expected form). Does not
     read the files named: SyncService does at start (and checks their permissions)."""
-    t = _Table(file, "mqtt.", raw)
+    t = Table(file, "mqtt.", raw)
     if "password" in raw:  # not a known key, but say why
         raise t.fail("password", "not allowed; put the password in a file and name it in "
                                  "password_file")
