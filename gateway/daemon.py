@@ -452,7 +452,7 @@ class Gateway:
                 for i in self.trust.revocation.all()]
         return {"site_mode": self.modes.site.value, "doors": doors, "alarms": alarms,
                 "policy": {"version": pol.get("version"), "stale": pol.get("stale"),
-                           "age_s": pol.get("age_s")},
+                           "age_s": pol.get("age_s"), "rejected": pol.get("rejected")},
                 "crls": crls,
                 "printers": [{"name": p["name"], "state": p.get("state"),
                               "held_jobs": p.get("held_jobs")}

@@ -125,6 +125,11 @@ def test_policy_in_events_out_across_a_broker_outage_and_status_for_head_office(
     applied = d.wait_event("policy.applied", 2)
     assert applied["version"] == 2
     assert d.ask({"cmd": "status"})["policy"]["version"] == 2
+    # A rollback to version 1 is refused with a reason; version 2 stays in force.
+    publish(broker, f"{TOPIC}/policy", head_office.sign(POLICY, 1), tmp_path, retain=True)
+    assert d.wait_event("alarm.policy-rejected")["reason"] == "rollback"
+    policy = d.ask({"cmd": "status"})["policy"]
+    assert policy["version"] == 2 and policy["rejected"]["reason"] == "rollback"
 
     # Events out: every event so far reaches head office, acknowledged, in order.
     pcsc_rig.insert("Door0", demo_pki.cards["alice"])
@@ -153,7 +158,7 @@ def test_policy_in_events_out_across_a_broker_outage_and_status_for_head_office(
     # The retained status, read by an independent client.
     doc = retained_status(broker)
     assert doc["online"] is True and doc["gateway"] == "gw-test"
-    assert doc["policy"]["version"] == 2
+    assert doc["policy"]["version"] == 2 and doc["policy"]["rejected"]["reason"] == "rollback"
     assert [x["name"] for x in doc["doors"]] == ["front"]
     assert "journal" in doc and isinstance(doc["crls"], list)
 
