@@ -92,6 +92,7 @@ class Gateway:
     sync: SyncService | None = None  # head-office sync ([mqtt]), None when off
     loop: asyncio.AbstractEventLoop | None = None
     stale_crls: set[str] = field(default_factory=set)  # issuers whose CRL is past nextUpdate+grace
+    crl_wake: asyncio.Event = field(default_factory=asyncio.Event)  # a CRL was installed
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
@@ -120,9 +121,15 @@ class Gateway:
         try:
             gw.printing = Printing.build(config, journal, trust, boards)
             if config.mqtt is not None:
+                ingest = crl_ingester(trust)
+
+                def on_crl(data: bytes) -> Any:  # a worker thread of SyncService's
+                    installed = ingest(data)
+                    gw._crl_installed_threadsafe()
+                    return installed
+
                 gw.sync = SyncService(config.mqtt, config.site, config.gateway_id, journal,
-                                      gw._on_policy, crl_ingester(trust), gw._on_command,
-                                      gw._sync_status)
+                                      gw._on_policy, on_crl, gw._on_command, gw._sync_status)
         except BaseException:
             policy.store.close()
             journal.close()
@@ -211,7 +218,7 @@ class Gateway:
     async def _crl_watch(self) -> None:
         """Raise alarm.crl-stale once per CRL that passes nextUpdate + grace (doors then apply
         their crl_stale stance), and alarm.cleared when a newer CRL arrives. Wakes at the next
-        such instant, at least every CRL_WATCH_SECONDS (a CRL may be replaced meanwhile)."""
+        such instant, when a CRL is installed, and at least every CRL_WATCH_SECONDS."""
         while True:
             now = time.time()
             grace = self.config.trust.crl_grace
@@ -233,7 +240,16 @@ class Gateway:
             if stale != self.stale_crls:
                 self.stale_crls = stale
                 self._status_changed()
-            await asyncio.sleep(max(0.05, due - time.time()))
+            self.crl_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.05, due - time.time())):
+                    await self.crl_wake.wait()
+
+    def _crl_installed_threadsafe(self) -> None:
+        loop = self.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self.crl_wake.set)
 
     async def _crl_fetch(self) -> None:
         """CRLs from their distribution points without head-office sync ([crl] urls)."""
@@ -247,6 +263,7 @@ class Gateway:
             if outcome == "installed":
                 log.info("CRL from %s installed", url)
                 self.journal.append("crl.installed", source=url)
+                self.crl_wake.set()
                 self._status_changed()
 
         await CrlFetcher(self.config.crl_fetch, install, SyncState(self.journal), self.journal,
@@ -424,11 +441,17 @@ class Gateway:
                 raise CommandError(f"no door {name!r}; doors: {', '.join(self.doors)}")
             if door.controller.faulted:
                 raise CommandError(f"door {name!r} is faulted: {door.controller.machine.fault}")
+            if door.controller.machine.mode is DoorMode.LOCKDOWN:
+                raise CommandError(f"door {name!r} is in lockdown: head office cannot open it "
+                                   f"(a technician on site can, audited)")
             seconds = float(cmd.args.get("seconds") or door.config.timing.access)
             door.controller.unlock(seconds, "head office")
             return {"door": name, "seconds": seconds}
         if cmd.action in ("site.lockdown", "site.normal"):
             mode = DoorMode.LOCKDOWN if cmd.action == "site.lockdown" else DoorMode.NORMAL
+            if self.modes.site is DoorMode.EMERGENCY_OPEN:
+                raise CommandError("the site is in emergency-open, set on site: only a "
+                                   "technician on site ends it")
             before = self.modes.set(None, mode)
             self._apply_modes()
             self._status_changed()
@@ -575,6 +598,7 @@ class Gateway:
         raise CommandError("expected door (a door name) or reader (a reader name)")
 
     async def shutdown(self) -> None:
+        self.loop = None  # a policy offer still on a worker thread no longer calls back
         if self.control is not None:
             await self.control.close()
         for t in self.tasks:
@@ -597,11 +621,14 @@ class Gateway:
         self.journal.append("gateway.stopped")
         self.journal.flush()
         self.journal.close()
+        with contextlib.suppress(Exception):
+            self.policy.store.close()
 
 
 def check_reader_mapping(config: Config) -> None:
-    """Refuse to start when a door's reader name matches more than one PC/SC reader: the wrong
-    door must never open. (A reader that is not there yet is fine: it is awaited.)"""
+    """Refuse to start when a door's (or printer's) reader name matches more than one PC/SC
+    reader: the wrong door must never open. (A reader that is not there yet is fine: it is
+    awaited.)"""
     if config.pcsc_socket is not None:
         os.environ["PCSCLITE_CSOCK_NAME"] = str(config.pcsc_socket)
     try:
@@ -615,6 +642,13 @@ def check_reader_mapping(config: Config) -> None:
                 resolve_reader(names, door.reader, door.slot)
             except ReaderError as e:
                 raise ConfigError(str(config.file), f"doors ({door.name}).reader",
+                                  f"a name that matches one reader: {e}") from e
+    for printer in config.print.printers if config.print is not None else ():
+        if printer.reader:
+            try:
+                resolve_reader(names, printer.reader, printer.slot)
+            except ReaderError as e:
+                raise ConfigError(str(config.file), f"printers ({printer.name}).reader",
                                   f"a name that matches one reader: {e}") from e
 
 
@@ -644,7 +678,8 @@ def verdict_to_json(verdict: Validated | Rejection) -> dict[str, Any]:
 def validate_config(path: Path, state_dir: Path | None) -> Config:
     """Load and check a configuration as far as possible without touching the running gateway:
     the file, the reader mapping, the trust anchors and profiles, the pinned policy keys, the
-    relay boards' buses. Raises PortvaktError (ConfigError, InputError, ...) naming the fault."""
+    relay boards' buses, the head-office keys and broker secrets. Raises PortvaktError
+    (ConfigError, InputError, ...) naming the fault."""
     config = load_config(path, state_dir)
     check_reader_mapping(config)
     load_trust_store(dataclasses.replace(config.trust, crls=()))
@@ -653,6 +688,8 @@ def validate_config(path: Path, state_dir: Path | None) -> Config:
         open_boards(board_params(b) for b in config.boards)
     except ValueError as e:
         raise ConfigError(str(config.file), "boards", str(e)) from None
+    if config.mqtt is not None:
+        SyncService.load_secrets(config.mqtt, config.site, config.gateway_id)
     return config
 
 
@@ -670,12 +707,20 @@ async def run_daemon(config: Config, state_dir: Path | None = None) -> int:
     except PortvaktError as e:
         log.error("%s", e)
         return 2
+    previous: Config | None = None
     while True:
         try:
             gateway = Gateway.build(config)
         except PortvaktError as e:
-            log.error("%s", e)
-            return 2
+            if previous is None:
+                log.error("%s", e)
+                return 2
+            # Validated, yet not buildable (a file changed in between): back to the last one.
+            log.error("the reloaded configuration cannot start (%s); back on the previous one", e)
+            config, previous = previous, None
+            continue
+        if previous is not None:
+            gateway.journal.append("config.reloaded", file=str(config.file))
         log.info("portvakt %s (site %s) running: %d doors", config.gateway_id, config.site,
                  len(config.doors))
         swap = asyncio.Event()
@@ -704,4 +749,4 @@ async def run_daemon(config: Config, state_dir: Path | None = None) -> int:
         log.info("configuration reloaded from %s: restarting the gateway's parts", new.file)
         swap.set()
         await running
-        config = new
+        config, previous = new, config

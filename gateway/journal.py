@@ -131,7 +131,7 @@ class Journal:
         self._acked = int(acked[0]) if acked is not None else 0
         # Purged (acknowledged) events leave no row behind: the mark keeps the sequence going up.
         self._next = max(int(row[0] or 0), self._acked) + 1
-        self._seq_lock = threading.Lock()
+        self._seq_lock = threading.RLock()  # a listener may append in turn
         self._read_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Event | _Op | None] = queue.SimpleQueue()
         self._committed = threading.Condition()
@@ -249,7 +249,8 @@ class Journal:
         self._commit_listeners.append(listener)
 
     def subscribe(self, listener: Callable[[Event], None]) -> None:
-        """Call `listener(event)` (from the appending thread) for every appended event."""
+        """Call `listener(event)` (from the appending thread, in sequence order) for every
+        appended event. Keep it short: it runs while other appends wait."""
         self._listeners.append(listener)
 
     def append(self, kind: str, *, door: str | None = None, person: str | None = None,
@@ -260,8 +261,10 @@ class Journal:
                        person, reason, data)
             self._next += 1
             self._queue.put(ev)
-        for listener in self._listeners:
-            listener(ev)
+            # Inside the lock: listeners see events in sequence order even when threads race
+            # (the live event stream drops anything older than what it has passed on).
+            for listener in self._listeners:
+                listener(ev)
         return ev
 
     def _writer(self) -> None:

@@ -102,6 +102,9 @@ class Printing:
             self.journal.append("reader.online" if item.online else "reader.offline",
                                 printer=name, device=item.device, detail=item.detail)
             return
+        if printer.busy:  # a tap while this printer's release runs (the same person, twice)
+            log.info("printer %s: a release is running; presentation ignored", name)
+            return
         printer.last_presentation = time.time()
         if isinstance(item, CardFailure):
             self.journal.append("access.denied", printer=name, reason=item.reason,
@@ -119,6 +122,11 @@ class Printing:
             fields["detail"] = verdict.detail
         else:
             fields["revocation"] = verdict.revocation
+            if verdict.crl_age is not None:
+                fields["crl_age_s"] = round(verdict.crl_age)
+        alarms = [a.removeprefix("alarm:") for a in decision.actions if a.startswith("alarm:")]
+        if alarms:
+            fields["alarms"] = alarms
         self.journal.append("access.granted" if decision.granted else "access.denied",
                             printer=name, person=decision.person, reason=decision.reason,
                             **fields)
@@ -128,13 +136,15 @@ class Printing:
             printer.last_result = "denied"
             self._signal(printer, False)
             return
-        if printer.busy:  # the same person tapping twice while their jobs are being released
-            log.info("printer %s: a release is already running; presentation ignored", name)
-            return
         owners = policy.releasable_owners(decision.person, now)
-        printer.busy = True
+        printer.busy = True  # until the release ends; the reader goes on meanwhile
+        self._spawn(self._release(printer, decision.person, owners), f"release at {name}")
+
+    async def _release(self, printer: PrinterRuntime, person: str,
+                       owners: frozenset[str]) -> None:
+        name = printer.config.name
         try:
-            outcome = await self.engine.release_for(decision.person, owners, name)
+            outcome = await self.engine.release_for(person, owners, name)
         except (PrinterError, InputError) as e:  # journaled by the engine as print.failed
             log.error("printer %s: release failed: %s", name, e)
             printer.last_result = "failed"

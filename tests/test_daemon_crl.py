@@ -15,37 +15,57 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from gateway.pki_demo import DemoPki
 from gateway.rig import crlgen
 from gateway.rig.pcsc import PcscRig
-from gateway.rig.proc import wait_until
 
-LIFETIME = 3.0  # seconds until the issuing CA's CRL is past its nextUpdate
+LIFETIME = 8.0  # seconds until the issuing CA's CRL is past its nextUpdate
+STALE_AT: list[float] = []  # the short-lived CRL's nextUpdate (POSIX seconds)
+
+
+def issuing_ca(pki: DemoPki) -> tuple[x509.Certificate, Any]:
+    ca = x509.load_pem_x509_certificate(pki.issuing.read_bytes())
+    return ca, load_pem_private_key((pki.issuing.parent / "issuing.key").read_bytes(), None)
 
 
 @pytest.fixture
 def demo_pki(demo_pki: DemoPki, tmp_path: Path) -> DemoPki:
     """The session's demo PKI with an issuing-CA CRL that goes stale LIFETIME s from now."""
-    folder = demo_pki.issuing.parent
-    ca = x509.load_pem_x509_certificate(demo_pki.issuing.read_bytes())
-    key = load_pem_private_key((folder / "issuing.key").read_bytes(), None)
+    ca, key = issuing_ca(demo_pki)
     short = tmp_path / "short-lived.crl"
     now = dt.datetime.now(dt.UTC)
-    crlgen.write_crl(short, ca, key, 3, crl_number=2,  # type: ignore[arg-type]
+    crlgen.write_crl(short, ca, key, 3, crl_number=2,
                      this_update=now - dt.timedelta(seconds=30),
                      next_update=now + dt.timedelta(seconds=LIFETIME))
+    STALE_AT[:] = [float(int(now.timestamp() + LIFETIME))]  # X.509 times have whole seconds
     return dataclasses.replace(demo_pki, crl=short)
 
 
-def test_a_crl_going_stale_raises_an_alarm_when_it_happens_and_doors_apply_their_stance(
-        daemon_factory: Any, pcsc_rig: PcscRig, demo_pki: DemoPki) -> None:
-    d = daemon_factory()
-    assert d.events("alarm.crl-stale") == []
-    alarm = d.wait_event("alarm.crl-stale", timeout=LIFETIME + 10)
-    assert "Issuing CA" in alarm["issuer"]
-    states = {c["issuer"]: c["state"] for c in d.ask({"cmd": "status"})["crls"]}
-    assert "stale" in states.values()
-    pcsc_rig.insert("Door0", demo_pki.cards["alice"])
-    denied = d.wait_event("access.denied")
-    assert (denied["person"], denied["reason"]) == ("p-alice", "crl-stale")
-    wait_until(lambda: len(d.events("alarm.crl-stale")) == 1, 1, "one alarm, not one per check")
+def test_a_crl_going_stale_raises_an_alarm_when_it_happens_and_a_newer_one_clears_it(
+        daemon_factory: Any, pcsc_rig: PcscRig, demo_pki: DemoPki, tmp_path: Path) -> None:
+    from gateway.rig.http import FileServer
+
+    www = tmp_path / "www"
+    www.mkdir()
+    with FileServer.start(www, tmp_path / "http", tls=False) as dp:
+        # The distribution point has nothing yet (404): the fetcher retries, backing off.
+        d = daemon_factory(door_toml=f'\n[crl]\nurls = ["{dp.url("issuing.crl")}"]\n'
+                                     f"retry_seconds = 0.5\nrefresh_seconds = 10\n")
+        alarm = d.wait_event("alarm.crl-stale", timeout=LIFETIME + 15)
+        assert "Issuing CA" in alarm["issuer"]
+        assert alarm["at"] >= STALE_AT[0] - 0.05  # raised when it went stale, not before
+        assert "stale" in {c["state"] for c in d.ask({"cmd": "status"})["crls"]}
+        pcsc_rig.insert("Door0", demo_pki.cards["alice"])
+        denied = d.wait_event("access.denied")
+        assert (denied["person"], denied["reason"]) == ("p-alice", "crl-stale")
+        pcsc_rig.remove("Door0", wait=True)
+
+        # The CA publishes a fresh CRL: installed, the alarm cleared at once, doors open again.
+        ca, key = issuing_ca(demo_pki)
+        crlgen.write_crl(www / "issuing.crl", ca, key, 3, crl_number=3)
+        d.wait_event("crl.installed", timeout=20)
+        cleared = d.wait_event("alarm.cleared")
+        assert (cleared["alarm"], cleared["issuer"]) == ("crl-stale", alarm["issuer"])
+        assert len(d.events("alarm.crl-stale")) == 1  # one alarm, not one per check
+        pcsc_rig.insert("Door0", demo_pki.cards["alice"])
+        assert d.wait_event("access.granted")["person"] == "p-alice"
 
 
 def test_crls_come_from_their_distribution_point_without_any_broker(
@@ -55,14 +75,11 @@ def test_crls_come_from_their_distribution_point_without_any_broker(
     from gateway.rig.http import FileServer
     from readers.virtual.cardfile import read_card
 
-    folder = demo_pki.issuing.parent
-    ca = x509.load_pem_x509_certificate(demo_pki.issuing.read_bytes())
-    key = load_pem_private_key((folder / "issuing.key").read_bytes(), None)
+    ca, key = issuing_ca(demo_pki)
     www = tmp_path / "www"
     www.mkdir()
     alice = read_card(demo_pki.cards["alice"]).certificate.serial_number
-    crlgen.write_crl(www / "issuing.crl", ca, key, 5, include=[alice],  # type: ignore[arg-type]
-                     crl_number=3)
+    crlgen.write_crl(www / "issuing.crl", ca, key, 5, include=[alice], crl_number=3)
     (www / "broken.crl").write_bytes(b"\x30\x03\x02\x01\x01")
     with FileServer.start(www, tmp_path / "http", tls=False) as dp:
         d = daemon_factory(door_toml=f'\n[crl]\nurls = ["{dp.url("issuing.crl")}", '

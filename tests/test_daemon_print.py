@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +111,7 @@ def test_alice_badges_at_the_printer_and_her_held_jobs_print_there_byte_identica
     printers = {p["name"]: p for p in d.ask({"cmd": "status"})["printers"]}
     assert printers["p1"]["last_result"] == "released"
     assert printers[f"{SITE_FINDME} (hold)"]["held_jobs"] == 1
-    assert status["journal"]["last_seq"] >= 1
+    assert status["journal"]["last_seq"] >= d.events("print.completed")[-1]["seq"]
 
 
 def test_nothing_to_print_and_a_delegate_and_a_revoked_card_at_the_printer(
@@ -212,3 +214,43 @@ async def test_the_dashboard_shows_each_printer_and_the_held_jobs(
                     "printers and the 2 held jobs in the dashboard", timeout=20)
         print_site.processes["cupsd"].stop()
         await until(pilot, lambda: "p1 unreachable" in panel(), "cupsd down shown", timeout=20)
+
+
+def test_a_card_the_trust_stance_denies_releases_nothing_and_shows_red(
+        daemon_factory: Any, print_site: PrintRig, pcsc_rig: PcscRig, demo_pki: DemoPki,
+        tmp_path: Path) -> None:
+    """No CRL for the issuing CA: revocation unknown, denied by the stance (the default)
+    although the policy would grant Alice at p1; her job stays held."""
+    a1, _ = submit(print_site, tmp_path, "alice", 3)
+    d: Daemon = daemon_factory(door_toml=print_toml(print_site), policy=print_policy(),
+                               crls=[demo_pki.root.parent / "root.crl"])
+    d.wait_event("reader.online", 3)
+    pcsc_rig.insert("Door1", demo_pki.cards["alice"])
+    denied = d.wait_event("access.denied")
+    assert (denied["printer"], denied["person"], denied["reason"]) == (
+        "p1", "p-alice", "revocation-unknown")
+    wait_until(lambda: coil_writes(d, PRED) == [True, False], 5, "red pulse")
+    assert d.events("print.released") == [] and d.events("print.nothing-to-print") == []
+    assert lpstat_jobs(print_site)[a1].held
+
+
+def test_a_second_tap_during_a_release_is_ignored_and_never_releases_twice(
+        daemon_factory: Any, print_site: PrintRig, pcsc_rig: PcscRig, demo_pki: DemoPki,
+        tmp_path: Path) -> None:
+    jobs = [submit(print_site, tmp_path, "alice", seed)[0] for seed in range(3, 6)]
+    d = start(daemon_factory, print_site)
+    cupsd = print_site.processes["cupsd"].popen.pid
+    os.kill(cupsd, signal.SIGSTOP)  # the release waits on cupsd (well within its 5 s timeout)
+    try:
+        pcsc_rig.insert("Door1", demo_pki.cards["alice"])
+        d.wait_event("access.granted")
+        pcsc_rig.remove("Door1", wait=True)
+        pcsc_rig.insert("Door1", demo_pki.cards["alice"])  # again, while the release runs
+        wait_until(lambda: "a release is running; presentation ignored" in d.proc.log_tail(),
+                   5, "the second tap ignored", d.proc)
+    finally:
+        os.kill(cupsd, signal.SIGCONT)
+    print_site.wait_printed(len(jobs), TIMEOUT, printer="printer1")
+    d.wait_event("print.completed", len(jobs))
+    assert sorted(e["job"] for e in d.events("print.released")) == sorted(jobs)
+    assert len(d.events("access.granted")) == 1 and d.events("print.nothing-to-print") == []

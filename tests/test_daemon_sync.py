@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -189,7 +190,7 @@ def test_signed_commands_open_the_door_lock_the_site_down_and_a_replay_is_refuse
     publish(broker, f"{TOPIC}/cmd", sign_document(make_command(
         "site.lockdown", site="test", gateway="gw-test"),
         ed25519.Ed25519PrivateKey.generate()), tmp_path)
-    assert d.wait_event("sync.command-refused", 2)["reason"] != "replayed"
+    assert d.wait_event("sync.command-refused", 2)["reason"] == "unknown-key"
     assert d.ask({"cmd": "status"})["site_mode"] == "normal"
 
     # Lockdown from head office: Carol (not in the override group) is refused at the door.
@@ -231,3 +232,44 @@ def test_doctor_checks_the_broker_without_disturbing_the_daemons_session(
     line = next(x for x in r.stdout.splitlines() if "head office" in x)
     assert r.returncode == 1 and line.startswith("FAIL"), r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_head_office_cannot_open_a_door_in_lockdown_nor_end_an_emergency_set_on_site(
+        daemon_factory: Any, broker: Mosquitto, tmp_path: Path, head_office: Any) -> None:
+    d = start(daemon_factory, broker, tmp_path, head_office)
+
+    def send(action: str, args: dict[str, Any] | None = None) -> None:
+        publish(broker, f"{TOPIC}/cmd", sign_document(make_command(
+            action, args, site="test", gateway="gw-test"), head_office.key), tmp_path)
+
+    assert d.ask({"cmd": "door.mode", "door": "front", "mode": "lockdown"})["ok"]
+    strikes = [w for w in d.board.writes() if w["coil"] == STRIKE and w["value"]]
+    send("door.unlock", {"door": "front"})
+    failed = d.wait_event("sync.command-failed")
+    assert "lockdown" in failed["detail"]
+    assert [w for w in d.board.writes() if w["coil"] == STRIKE and w["value"]] == strikes
+    assert d.ask({"cmd": "door.mode", "door": "front", "mode": "normal"})["ok"]
+
+    assert d.ask({"cmd": "door.mode", "site": True, "mode": "emergency-open"})["ok"]
+    send("site.lockdown")
+    failed = d.wait_event("sync.command-failed", 2)
+    assert "emergency-open" in failed["detail"]
+    send("site.normal")
+    d.wait_event("sync.command-failed", 3)
+    assert d.ask({"cmd": "status"})["site_mode"] == "emergency-open"
+    assert d.events("sync.command-executed") == []
+
+
+def test_a_reload_with_an_unreadable_broker_password_is_refused_and_the_gateway_carries_on(
+        daemon_factory: Any, broker: Mosquitto, tmp_path: Path, head_office: Any,
+        pcsc_rig: PcscRig, demo_pki: DemoPki) -> None:
+    d = start(daemon_factory, broker, tmp_path, head_office)
+    (tmp_path / "mqtt-password").chmod(0o644)
+    answer = d.ask({"cmd": "config.reload"})
+    assert not answer["ok"] and "mqtt.password_file" in answer["error"]
+    d.proc.popen.send_signal(signal.SIGHUP)
+    refused = d.wait_event("alarm.config-refused")
+    assert "mqtt.password_file" in refused["detail"]
+    assert connected(d) and d.proc.alive()
+    pcsc_rig.insert("Door0", demo_pki.cards["alice"])
+    assert d.wait_event("access.granted")["person"] == "p-alice"

@@ -95,23 +95,8 @@ class SyncService:
         self.on_crl = on_crl
         self.on_command = on_command
         self.status = status
-        file = config.source
-        try:
-            self.topics = Topics(config.topic_prefix, site, gateway_id)
-        except ValueError as e:
-            raise ConfigError(file, "gateway", str(e)) from None
-        self.manifest_keys = self._keys(config.manifest_keys, file, "mqtt.manifest_keys")
-        self.command_keys = self._keys(config.command_keys, file, "mqtt.command_keys")
-        password = None
-        if config.password_file is not None:
-            password = read_secret(config.password_file, file, "mqtt.password_file")
-        if config.client_key is not None:
-            try:
-                check_private(config.client_key.stat(), config.client_key, file,
-                              "mqtt.client_key")
-            except OSError as e:
-                raise ConfigError(file, "mqtt.client_key",
-                                  f"cannot read {config.client_key}: {e.strerror}") from None
+        self.topics, self.manifest_keys, self.command_keys, password = self.load_secrets(
+            config, site, gateway_id)
         self.params = BrokerParams(
             config.host, config.port, config.ca_file,
             config.client_id or f"portvakt-{site}-{gateway_id}", config.username, password,
@@ -125,6 +110,31 @@ class SyncService:
         self._ack_ahead_alarmed = False
         self._last_progress = time.monotonic()
         journal.on_commit(self._committed_threadsafe)
+
+    @classmethod
+    def load_secrets(cls, config: SyncConfig, site: str, gateway_id: str
+                     ) -> tuple[Topics, dict[str, VerifyKey], dict[str, VerifyKey], str | None]:
+        """The topics, the pinned manifest and command keys and the broker password, read and
+        checked (secret files readable by the service only). Raises ConfigError naming the
+        setting; `portvakt run` calls it before a reload replaces the running gateway."""
+        file = config.source
+        try:
+            topics = Topics(config.topic_prefix, site, gateway_id)
+        except ValueError as e:
+            raise ConfigError(file, "gateway", str(e)) from None
+        manifest_keys = cls._keys(config.manifest_keys, file, "mqtt.manifest_keys")
+        command_keys = cls._keys(config.command_keys, file, "mqtt.command_keys")
+        password = None
+        if config.password_file is not None:
+            password = read_secret(config.password_file, file, "mqtt.password_file")
+        if config.client_key is not None:
+            try:
+                check_private(config.client_key.stat(), config.client_key, file,
+                              "mqtt.client_key")
+            except OSError as e:
+                raise ConfigError(file, "mqtt.client_key",
+                                  f"cannot read {config.client_key}: {e.strerror}") from None
+        return topics, manifest_keys, command_keys, password
 
     @staticmethod
     def _keys(paths: tuple[Path, ...], file: str, key: str) -> dict[str, VerifyKey]:
