@@ -161,7 +161,7 @@ def sign_bundle(bundle: Mapping[str, Any], private_key: SigningKey) -> bytes:
                              allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise BundleError("schema", f"bundle: not representable as JSON: {e}") from None
-    parsed = _json(payload, "payload", "schema")  # as a gateway will read it
+    parsed = strict_json(payload, "payload", "schema")  # as a gateway will read it
     _load(_header(parsed, None), parsed["content"])
     return sign_payload(payload, private_key)
 
@@ -185,7 +185,7 @@ class VerifiedBundle:
     envelope: bytes = field(repr=False)
 
 
-class _Envelope(NamedTuple):
+class Envelope(NamedTuple):
     payload: bytes
     key_id: str
     alg: str
@@ -213,7 +213,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _json(data: bytes, what: str, reason: str) -> Any:
+def strict_json(data: bytes, what: str, reason: str) -> Any:
     """Strict JSON: UTF-8, no NaN or Infinity, no key twice in an object."""
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_unique,
@@ -236,14 +236,14 @@ def _b64(value: object, what: str) -> bytes:
         raise BundleError("bad-envelope", f"envelope.{what}: not valid base64") from None
 
 
-def _envelope(data: object, max_bytes: int | None) -> _Envelope:
+def parse_envelope(data: object, max_bytes: int | None) -> Envelope:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BundleError("bad-envelope", f"envelope: expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if max_bytes is not None and len(data) > max_bytes:
         raise BundleError("too-large", f"envelope: {len(data):,} bytes, more than the "
                           f"{max_bytes:,} allowed")
-    env = _json(data, "envelope", "bad-envelope")
+    env = strict_json(data, "envelope", "bad-envelope")
     if not isinstance(env, dict):
         raise BundleError("bad-envelope", f"envelope: expected a JSON object, got {type(env).__name__}")
     if not ENVELOPE_KEYS & env.keys():
@@ -264,7 +264,7 @@ def _envelope(data: object, max_bytes: int | None) -> _Envelope:
                           f"{_short(alg)}")
     payload = _b64(env["payload"], "payload")
     signature = _b64(env["signature"], "signature")
-    return _Envelope(payload, kid.lower(), alg, signature, hashlib.sha256(payload).hexdigest())
+    return Envelope(payload, kid.lower(), alg, signature, hashlib.sha256(payload).hexdigest())
 
 
 def _short(v: object) -> str:
@@ -272,7 +272,7 @@ def _short(v: object) -> str:
     return r if len(r) <= 80 else r[:77] + "..."
 
 
-def _verify(env: _Envelope, pinned: Mapping[str, VerifyKey]) -> None:
+def verify_envelope(env: Envelope, pinned: Mapping[str, VerifyKey]) -> None:
     key = pinned.get(env.key_id)
     if key is None:
         raise BundleError("unknown-key", f"envelope.key_id: {env.key_id} is not a pinned policy key "
@@ -349,10 +349,10 @@ def _load(header: _Header, content: dict[str, Any]) -> Policy:
         raise BundleError("schema", f"bundle.{where}") from None
 
 
-def _open(env: _Envelope, envelope: bytes, pinned: Mapping[str, VerifyKey],
+def _open(env: Envelope, envelope: bytes, pinned: Mapping[str, VerifyKey],
           site: str) -> VerifiedBundle:
-    _verify(env, pinned)
-    bundle = _json(env.payload, "payload", "schema")
+    verify_envelope(env, pinned)
+    bundle = strict_json(env.payload, "payload", "schema")
     header = _header(bundle, site)
     policy = _load(header, bundle["content"])
     return VerifiedBundle(header.version, env.digest, header.issued_at, header.not_after,
@@ -370,7 +370,7 @@ def open_bundle(envelope: bytes, pinned_keys: Iterable[VerifyKey], site: str, *,
     and nothing else, whatever `envelope` holds. Costs a full policy load (about 2 s for 100,000
     people).
     """
-    env = _envelope(envelope, max_bytes)
+    env = parse_envelope(envelope, max_bytes)
     return _open(env, bytes(envelope), _pin(pinned_keys), site)
 
 
@@ -505,7 +505,7 @@ class PolicyStore:
         if not isinstance(top.envelope, bytes):
             raise BundleError("tampered", f"{where} has no envelope")
         try:
-            bundle = _open(_envelope(top.envelope, None), top.envelope, self._pinned, self.site)
+            bundle = _open(parse_envelope(top.envelope, None), top.envelope, self._pinned, self.site)
         except BundleError as e:
             raise BundleError(e.reason, f"{where} is refused: {e}") from None
         if (bundle.version, bundle.digest) != (top.version, top.digest):
@@ -535,12 +535,12 @@ class PolicyStore:
             with self._lock:
                 top = self._top(self._conn)
             previous = top.version if top is not None else None
-            env = _envelope(envelope, self.max_bytes)
+            env = parse_envelope(envelope, self.max_bytes)
             raw = bytes(envelope)
             same = top is not None and env.digest == top.digest
             if top is not None and same and self._verified == (top.version, top.digest):
                 if raw != top.envelope:
-                    _verify(env, self._pinned)
+                    verify_envelope(env, self._pinned)
                     with self._lock:
                         self._transaction(lambda c: c.execute(
                             "UPDATE policy_bundle SET envelope = ?, key_id = ? WHERE version = ? "
@@ -549,8 +549,8 @@ class PolicyStore:
                                f"version {top.version} is already in force"
                                + ("" if raw == top.envelope else
                                   f"; its stored signature is now by key {env.key_id[:16]}"))
-            _verify(env, self._pinned)
-            bundle = _json(env.payload, "payload", "schema")
+            verify_envelope(env, self._pinned)
+            bundle = strict_json(env.payload, "payload", "schema")
             header = _header(bundle, self.site)
         except BundleError as e:
             return Outcome(Status.REJECTED, e.reason, None, previous, None, str(e))

@@ -23,11 +23,11 @@ from gateway.bundle import (
     BundleError,
     SigningKey,
     VerifyKey,
-    _envelope,
-    _json,
-    _verify,
     key_id,
+    parse_envelope,
     sign_payload,
+    strict_json,
+    verify_envelope,
 )
 from gateway.errors import InputError
 
@@ -67,8 +67,8 @@ def payload_type(data: bytes) -> str | None:
     """The `type` of an envelope's payload, unverified: only to route a message (a policy
     bundle has none). None when `data` is no envelope or the payload no typed object."""
     try:
-        env = _envelope(data, MAX_SIGNED_BYTES)
-        doc = _json(env.payload, "payload", "schema")
+        env = parse_envelope(data, MAX_SIGNED_BYTES)
+        doc = strict_json(env.payload, "payload", "schema")
     except BundleError:
         return None
     t = doc.get("type") if isinstance(doc, dict) else None
@@ -80,9 +80,9 @@ def open_document(data: bytes, pinned: Mapping[str, VerifyKey], doc_type: str) -
     """(payload object, signer key id) of an envelope whose signature verifies with a pinned
     key and whose payload is of `doc_type`. Raises SignedError and nothing else."""
     try:
-        env = _envelope(data, MAX_SIGNED_BYTES)
-        _verify(env, pinned)
-        doc = _json(env.payload, "payload", "schema")
+        env = parse_envelope(data, MAX_SIGNED_BYTES)
+        verify_envelope(env, pinned)
+        doc = strict_json(env.payload, "payload", "schema")
     except BundleError as e:
         raise SignedError(e.reason, str(e)) from None
     if not isinstance(doc, dict):
