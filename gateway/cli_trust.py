@@ -134,9 +134,40 @@ def _progress(label: str) -> Any:
     return show
 
 
+def _import_through_daemon(cfg: Config, files: list[Path]) -> int | None:
+    """With a daemon running, it installs the CRLs itself (its index in memory is the one that
+    decides, and it journals each with the caller); None when no daemon answers."""
+    from gateway.control import request
+
+    sock = cfg.state_dir / "control.sock"
+    worst = 0
+    for i, path in enumerate(files):
+        try:
+            answer = request(sock, {"id": i, "cmd": "crl.import", "path": str(path.resolve())},
+                             300.0)
+        except PermissionError:
+            raise InputError(f"{sock}: permission denied (join the daemon's group)") from None
+        except (ConnectionError, OSError):
+            if i == 0:
+                return None
+            raise InputError(f"{sock}: the daemon went away") from None
+        if answer.get("ok"):
+            c = answer["crl"]
+            print(f"{path}: in use (by the running daemon): {c['issuer']}, number {c['number']}, "
+                  f"{c['entries']:,} entries, thisUpdate {c['this_update']}, nextUpdate "
+                  f"{c['next_update']}")
+        else:
+            print(f"{path}: REFUSED: {answer.get('error')}")
+            worst = max(worst, 2 if "cannot read" in str(answer.get("error")) else 1)
+    return worst
+
+
 def cmd_crl_import(args: argparse.Namespace) -> int:
     cfg = _config(args, required=True)
     assert cfg is not None
+    through = _import_through_daemon(cfg, list(args.file))
+    if through is not None:
+        return through
     store = load_trust_store(cfg.trust, cfg.state_dir / "crl")
     worst = 0
     for path in args.file:
@@ -193,13 +224,11 @@ def register(sub: Any) -> None:
     c = sub.add_parser("crl", help="certificate revocation lists")
     cs = c.add_subparsers(dest="sub", required=True)
     ci = cs.add_parser("import", help="verify CRL files and install them in the gateway's store")
-    ci.add_argument("--config", type=Path)
-    ci.add_argument("--state-dir", type=Path)
+    add_config_options(ci)
     ci.add_argument("file", type=Path, nargs="+")
     ci.set_defaults(func=cmd_crl_import)
     cl = cs.add_parser("list", help="installed CRLs with their age and freshness")
-    cl.add_argument("--config", type=Path)
-    cl.add_argument("--state-dir", type=Path)
+    add_config_options(cl)
     cl.add_argument("--json", action="store_true")
     cl.set_defaults(func=cmd_crl_list)
 

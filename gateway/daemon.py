@@ -160,7 +160,7 @@ class Gateway:
             "door.list": self._cmd_door_list, "door.unlock": self._cmd_door_unlock,
             "door.lock": self._cmd_door_lock, "door.mode": self._cmd_door_mode,
             "alarm.ack": self._cmd_alarm_ack, "policy.reload": self._cmd_policy_reload,
-            "config.reload": self._cmd_config_reload}
+            "config.reload": self._cmd_config_reload, "crl.import": self._cmd_crl_import}
         if self.printing is not None:
             commands.update(print_commands(self.printing.engine, self.journal))
         self.control = ControlServer(self.config.state_dir / "control.sock", commands,
@@ -564,6 +564,27 @@ class Gateway:
             raise CommandError("this gateway cannot reload itself (not started by run_daemon)")
         self.request_reload()
         return {"outcome": "reloading"}
+
+    async def _cmd_crl_import(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
+        """Side-load a CRL file (`portvakt crl import` while the daemon runs): read by the
+        daemon's account, verified and installed off the loop, journaled with the caller."""
+        path = msg.get("path")
+        if not isinstance(path, str) or not Path(path).is_absolute():
+            raise CommandError("path: expected the absolute path of a CRL file (DER or PEM)")
+        try:
+            data = await asyncio.to_thread(Path(path).read_bytes)
+        except OSError as e:
+            raise CommandError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            idx = await asyncio.to_thread(crl_ingester(self.trust, "file"), data)
+        except PortvaktError as e:  # TrustError: refused; InputError: not a CRL at all
+            self.journal.append("crl.refused", reason="crl-refused", source=path, user=user,
+                                detail=str(e)[:500])
+            raise CommandError(str(e)) from None
+        self.journal.append("crl.installed", source=path, user=user, number=idx.number)
+        self.crl_wake.set()
+        self._status_changed()
+        return {"crl": crl_status(idx, time.time(), self.config.trust.crl_grace)}
 
     async def _cmd_card_check(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
         door = self._door_for(msg)

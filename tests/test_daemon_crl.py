@@ -92,3 +92,36 @@ def test_crls_come_from_their_distribution_point_without_any_broker(
         pcsc_rig.insert("Door0", demo_pki.cards["alice"])
         denied = d.wait_event("access.denied")
         assert denied["reason"] == "revoked"
+
+
+def test_crl_import_while_the_daemon_runs_goes_through_it_and_decides_at_once(
+        daemon_factory: Any, pcsc_rig: PcscRig, demo_pki: DemoPki, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from readers.virtual.cardfile import read_card
+
+    d = daemon_factory()
+    ca, key = issuing_ca(demo_pki)
+    alice = read_card(demo_pki.cards["alice"]).certificate.serial_number
+    crl = tmp_path / "alice-revoked.crl"
+    crlgen.write_crl(crl, ca, key, 5, include=[alice], crl_number=4)
+    junk = tmp_path / "junk.crl"
+    junk.write_bytes(b"\x30\x03\x02\x01\x01")
+
+    def portvakt(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "crl", "import", "--config",
+                               str(d.config), "--state-dir", str(d.state), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    r = portvakt(str(crl))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "in use (by the running daemon)" in r.stdout and "number 4" in r.stdout
+    installed = d.wait_event("crl.installed")
+    assert installed["number"] == 4 and installed["user"]
+    pcsc_rig.insert("Door0", demo_pki.cards["alice"])
+    assert d.wait_event("access.denied")["reason"] == "revoked"
+
+    r = portvakt(str(junk))
+    assert r.returncode == 1 and "REFUSED" in r.stdout and "Traceback" not in r.stderr
+    assert d.wait_event("crl.refused")["source"] == str(junk)
