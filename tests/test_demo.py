@@ -29,3 +29,53 @@ def test_the_demo_plays_its_scenario_and_stops_everything():
     assert "door_drivers.simulator" not in ps and "phone serve" not in ps
     assert "portvakt-demo-" not in ps  # cupsd, ippeveprinter, mosquitto, the collector: all gone
     assert "hq collect" not in ps
+
+
+def test_with_a_terminal_the_demo_shows_the_dashboard_while_the_scenario_plays():
+    """In a pseudo-terminal: the dashboard draws (doors, sync, printers), each step arrives as
+    a notification, q after "Demo finished" leaves it, then the timeline is printed, exit 0."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo"], stdin=slave,
+                            stdout=slave, stderr=slave, cwd=repo_root(), start_new_session=True,
+                            env={**os.environ, "TERM": "xterm-256color"})
+    os.close(slave)
+    out, quit_sent = b"", False
+    deadline = time.monotonic() + 150
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the demo closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not quit_sent and b"Demo finished" in out:
+                os.write(master, b"q")
+                quit_sent = True
+            if proc.poll() is not None and not ready:
+                break
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?<>=]*[a-zA-Z]", "", out.decode(errors="replace"))
+    assert quit_sent, text[-2000:]
+    dashboard, _, timeline = text.partition("] Portvakt demo:")
+    assert "Doors" in dashboard and "Head office" in dashboard and "Printers" in dashboard
+    assert "granted to p-alice" in timeline and "identical to what she sent" in timeline
+    assert timeline.rstrip().endswith("done")
