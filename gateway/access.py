@@ -4,8 +4,10 @@ Pure functions."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from gateway.config import Stance
 from gateway.domain import CardRead, Decision
@@ -56,3 +58,24 @@ def decide(policy: Policy | None, verdict: Validated | Rejection, resource: str,
                 return Decision(False, code, decision.person)
             alarms.append(f"alarm:{code}")
     return replace(decision, actions=(*decision.actions, *alarms)) if alarms else decision
+
+
+def decision_fields(read: CardRead, verdict: Validated | Rejection,
+                    decision: Decision) -> dict[str, Any]:
+    """What the journal keeps with a decision at a door or printer: the transport, the time
+    from the card being reported to the decision, the trust detail, and alarms and modes
+    riding along as actions."""
+    fields: dict[str, Any] = {"transport": read.transport,
+                              "decision_ms": round((time.monotonic() - read.detected_at) * 1000,
+                                                   2)}
+    if isinstance(verdict, Rejection):
+        fields["detail"] = verdict.detail
+    else:
+        fields["revocation"] = verdict.revocation
+        if verdict.crl_age is not None:
+            fields["crl_age_s"] = round(verdict.crl_age)
+    for prefix, key in (("alarm:", "alarms"), ("mode:", "mode")):
+        found = [a.removeprefix(prefix) for a in decision.actions if a.startswith(prefix)]
+        if found:
+            fields[key] = found if key == "alarms" else found[0]
+    return fields

@@ -24,7 +24,7 @@ from typing import Any
 from door_drivers.modbus import BoardParams, ModbusRelayBoard, open_boards
 from door_drivers.relay_door import RelayDoor
 from door_drivers.supervision import DoorMode
-from gateway.access import check_presentation, decide
+from gateway.access import check_presentation, decide, decision_fields
 from gateway.bundle import load_keys
 from gateway.clock import clock_status
 from gateway.config import BoardConfig, Config, DoorConfig, load_config
@@ -345,20 +345,8 @@ class Gateway:
         unlock = decision.granted and "unlock" in decision.actions
         if unlock and door.controller.faulted:
             decision, unlock = Decision(False, "door-faulted", decision.person), False
-        elapsed_ms = round((time.monotonic() - item.detected_at) * 1000, 2)
-        fields: dict[str, Any] = {"transport": item.transport, "decision_ms": elapsed_ms}
-        if isinstance(verdict, Rejection):
-            fields["detail"] = verdict.detail
-        else:
-            fields["revocation"] = verdict.revocation
-            if verdict.crl_age is not None:
-                fields["crl_age_s"] = round(verdict.crl_age)
-        alarms = [a.removeprefix("alarm:") for a in decision.actions if a.startswith("alarm:")]
-        if alarms:
-            fields["alarms"] = alarms
-        modes = [a.removeprefix("mode:") for a in decision.actions if a.startswith("mode:")]
-        if modes:
-            fields["mode"] = modes[0]
+        fields = decision_fields(item, verdict, decision)
+        elapsed_ms = fields["decision_ms"]
         self.journal.append("access.granted" if decision.granted else "access.denied",
                             door=name, person=decision.person, reason=decision.reason, **fields)
         if unlock and isinstance(verdict, Validated):
@@ -657,19 +645,15 @@ def check_reader_mapping(config: Config) -> None:
     except ReaderError as e:
         log.warning("cannot list PC/SC readers at start (%s); doors wait for them", e)
         return
-    for door in config.doors:
-        if door.reader:
+    printers = config.print.printers if config.print is not None else ()
+    for where, name, reader, slot in (
+            *(("doors", d.name, d.reader, d.slot) for d in config.doors),
+            *(("printers", p.name, p.reader, p.slot) for p in printers)):
+        if reader:
             try:
-                resolve_reader(names, door.reader, door.slot)
+                resolve_reader(names, reader, slot)
             except ReaderError as e:
-                raise ConfigError(str(config.file), f"doors ({door.name}).reader",
-                                  f"a name that matches one reader: {e}") from e
-    for printer in config.print.printers if config.print is not None else ():
-        if printer.reader:
-            try:
-                resolve_reader(names, printer.reader, printer.slot)
-            except ReaderError as e:
-                raise ConfigError(str(config.file), f"printers ({printer.name}).reader",
+                raise ConfigError(str(config.file), f"{where} ({name}).reader",
                                   f"a name that matches one reader: {e}") from e
 
 

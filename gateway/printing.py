@@ -23,13 +23,13 @@ from typing import Any
 
 from door_drivers.modbus import ModbusRelayBoard
 from door_drivers.relay_door import FeedbackOutput
-from gateway.access import check_presentation, decide
+from gateway.access import check_presentation, decide, decision_fields
 from gateway.config import Config, Stance
 from gateway.domain import CardFailure, CardRead, ReaderStatus
 from gateway.errors import DoorDriverError, InputError, PrinterError
 from gateway.journal import Journal
 from gateway.policy import DecisionState, Policy
-from gateway.trust.validator import Rejection, TrustStore, Validated
+from gateway.trust.validator import TrustStore, Validated
 from printer_drivers.config import PrintConfig, PrinterConfig
 from printer_drivers.model import PRINTER_STOPPED, ReleaseOutcome, state_reasons
 from printer_drivers.release import PrintRelease
@@ -115,21 +115,9 @@ class Printing:
         verdict = check_presentation(self.trust, item, time.time())
         now = datetime.now(UTC)
         decision = decide(policy, verdict, name, now, state, self.stance)
-        fields: dict[str, Any] = {"transport": item.transport,
-                                  "decision_ms": round((time.monotonic() - item.detected_at)
-                                                       * 1000, 2)}
-        if isinstance(verdict, Rejection):
-            fields["detail"] = verdict.detail
-        else:
-            fields["revocation"] = verdict.revocation
-            if verdict.crl_age is not None:
-                fields["crl_age_s"] = round(verdict.crl_age)
-        alarms = [a.removeprefix("alarm:") for a in decision.actions if a.startswith("alarm:")]
-        if alarms:
-            fields["alarms"] = alarms
         self.journal.append("access.granted" if decision.granted else "access.denied",
                             printer=name, person=decision.person, reason=decision.reason,
-                            **fields)
+                            **decision_fields(item, verdict, decision))
         if not (decision.granted and "release" in decision.actions
                 and isinstance(verdict, Validated) and policy is not None
                 and decision.person is not None):
