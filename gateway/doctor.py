@@ -198,7 +198,13 @@ def check_broker(cfg: Config) -> tuple[bool, str]:
         asyncio.run(probe())
     except BrokerError as e:
         return False, f"{m.host}:{m.port}: {e}"
-    return True, f"{m.host}:{m.port} accepts this gateway (TLS, pinned CA)"
+    text = f"{m.host}:{m.port} accepts this gateway (TLS, pinned CA)"
+    expected = f"{cfg.site}/{cfg.gateway_id}"
+    if m.username is not None and m.username != expected:
+        # The broker let us in, but the shipped ACL grants topics by user name.
+        text += (f"; note: user {m.username!r} is not {expected!r}, which the shipped broker "
+                 f"ACL (config/mosquitto/acl) needs to let this gateway use its topics")
+    return True, text
 
 
 EXTRA_CHECKS: list[Callable[[Config], Check | None]] = []  # site-specific checks may add more

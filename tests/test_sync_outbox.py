@@ -214,3 +214,26 @@ async def test_hq_collect_on_the_command_line_stores_acknowledges_and_stops_on_s
     assert proc.returncode == 0
     assert "120 events stored, 0 duplicates dropped, 0 refused" in out
     assert stored(tmp_path / "hq.db") == list(range(1, 121))
+
+
+async def test_over_mqtt_3_1_1_policy_in_events_out_and_acknowledgements_work_the_same(
+        sync_broker: Mosquitto, tmp_path: Path, hq_keys: HqKeys) -> None:
+    """protocol = "3.1.1": no v5 session expiry or reason codes, a clean-session=false session
+    instead; the outbox and the acknowledgements behave the same."""
+    from tests.test_sync_policy import bundle, mosquitto_pub
+
+    cfg = sync_config(sync_broker, tmp_path / "gw", hq_keys, user=f"{SITE}/gw-1", protocol=4)
+    gw = make_gateway(tmp_path / "gw", cfg, hq_keys)
+    collector = make_collector(tmp_path / "hq", sync_broker)
+    try:
+        async with running(gw.service, collector):
+            await gw.service.wait_for(lambda: gw.service.info.connected)
+            mosquitto_pub(sync_broker, f"portvakt/{SITE}/gw-1/policy", bundle(1, hq_keys.policy),
+                          tmp_path)
+            await gw.service.wait_for(lambda: gw.policy_version == 1)
+            for i in range(30):
+                gw.journal.append("access.granted", door="main", person=f"p{i}")
+            await gw.service.wait_for(lambda: gw.journal.acked >= 30)
+        assert stored(tmp_path / "hq" / "hq.db")[:30] == list(range(1, 31))
+    finally:
+        gw.close()
