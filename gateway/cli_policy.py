@@ -148,6 +148,11 @@ def read_document(path: Path) -> dict[str, Any]:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.input is None):
+        raise InputError("expected the policy document once: FILE or --in FILE")
+    args.input = args.input or args.file
+    if args.out is None:
+        args.out = args.input.with_name(args.input.name + ".bundle")
     if args.version < 1:
         raise InputError(f"--version: expected an integer from 1, got {args.version}")
     if not args.site.strip():
@@ -241,13 +246,14 @@ def register(sub: Any) -> None:
 
     s = ps.add_parser("sign", help="wrap a policy document (JSON or TOML) into a signed bundle")
     s.add_argument("--key", type=Path, required=True, help="PEM private key (Ed25519 or P-256)")
-    s.add_argument("--in", dest="input", type=Path, required=True,
-                   help="policy document: .json, or .toml")
+    s.add_argument("file", type=Path, nargs="?", help="policy document: .json, or .toml")
+    s.add_argument("--in", dest="input", type=Path, help="the same, as an option")
     s.add_argument("--version", type=int, required=True, help="policy version, higher than the last")
     s.add_argument("--site", required=True)
     s.add_argument("--valid-days", type=float, default=30.0,
                    help="not_after is this many days after now (default %(default)s)")
-    s.add_argument("--out", type=Path, required=True, help="the envelope file to write")
+    s.add_argument("--out", type=Path,
+                   help="the envelope file to write (default: the document's name + .bundle)")
     s.set_defaults(func=cmd_sign)
 
     v = ps.add_parser("verify", help="check a bundle file as a gateway would; show what it holds")

@@ -304,3 +304,18 @@ def test_the_installed_command_end_to_end_without_tracebacks(tmp_path: Path) -> 
         r = portvakt("policy", "verify", tmp_path / name, "--key", tmp_path / "policy-signing.pub",
                      "--site", SITE)
         assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
+
+
+def test_sign_takes_the_document_as_an_argument_and_names_the_bundle_after_it(
+        tmp_path: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    doc = tmp_path / "site.json"
+    doc.write_text(json.dumps(document()))
+    code, _, err = run(capsys, "policy", "sign", doc, "--key", keys[0], "--version", "2",
+                       "--site", SITE)
+    assert code == 0, err
+    code, out, _ = run(capsys, "policy", "verify", tmp_path / "site.json.bundle", "--key",
+                       keys[1], "--site", SITE)
+    assert code == 0 and "version    2" in out
+    code, _, err = run(capsys, "policy", "sign", doc, "--in", doc, "--key", keys[0],
+                       "--version", "3", "--site", SITE)
+    assert code == 2 and "once" in err
