@@ -20,8 +20,11 @@ TEMPLATES = ("example.toml", "demo.toml")
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"t": record.created, "level": record.levelname,
-                           "logger": record.name, "msg": record.getMessage()})
+        doc = {"t": record.created, "level": record.levelname, "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
 
 
 def setup_logging(verbose: int, fmt: str = "text") -> None:

@@ -203,9 +203,14 @@ def test_signed_commands_open_the_door_lock_the_site_down_and_a_replay_is_refuse
     assert (denied["person"], denied["reason"]) == ("p-carol", "lockdown")
     wait_until(lambda: retained_status(broker).get("site_mode") == "lockdown", 10,
                "the lockdown in the retained status")
+    # ... and back to normal from head office.
+    publish(broker, f"{TOPIC}/cmd", sign_document(make_command(
+        "site.normal", site="test", gateway="gw-test"), head_office.key), tmp_path)
+    d.wait_event("sync.command-executed", 3)
+    assert d.ask({"cmd": "status"})["site_mode"] == "normal"
     # Every head-office command is in the journal for the site to see.
-    assert [e["action"] for e in d.events("sync.command-executed")] == ["door.unlock",
-                                                                       "site.lockdown"]
+    assert [e["action"] for e in d.events("sync.command-executed")] == [
+        "door.unlock", "site.lockdown", "site.normal"]
 
 
 def test_a_daemon_with_an_unreadable_broker_password_refuses_to_start_clearly(
