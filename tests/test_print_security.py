@@ -180,3 +180,32 @@ def test_add_printer_sh_makes_a_driverless_pdf_queue_and_a_stopped_find_me_queue
                      "job-hold-until-default=no-hold"])
     print_site.submit("alice", tmp_path / "doc.pdf", hold=False, queue="scripted")
     assert [d.read_bytes() for d in print_site.wait_printed(1, 10, "printer2")] == [data]
+
+
+async def test_a_findme_only_printer_refuses_direct_jobs_yet_prints_what_the_gateway_moves_in(
+        print_site: PrintRig, tmp_path: Path) -> None:
+    """add-printer.sh ... findme-only (lpadmin -u allow:<gateway>): nobody can print straight to
+    the printer queue, not even asking for no-hold; a find-me job released there prints."""
+    from printer_drivers.ipp import os_account
+
+    script = shipped_cupsd_conf().parent / "add-printer.sh"
+    env = {**print_site.env, "CUPS_SERVER": print_site.admin_server, "GATEWAY_USER": os_account(),
+           "PPD_DIR": str(print_site.workdir / "cups" / "etc" / "ppd")}
+    uri = f"ipp://localhost:{print_site.printer_ports['printer1']}/ipp/print"
+    r = subprocess.run(["sh", str(script), "printer", "printer1", uri, "findme-only"], env=env,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0 and "only" in r.stdout, r.stderr
+    data = pdf(tmp_path / "doc.pdf", 31)
+    with pytest.raises(RuntimeError, match="Not allowed to print"):
+        print_site.submit("bob", tmp_path / "doc.pdf", hold=False, queue="printer1",
+                          options=["-H", "immediate"])
+    job = print_site.submit("bob", tmp_path / "doc.pdf", hold=False, queue=SITE_FINDME)
+    async with PrintRelease(site_config(print_site), _Quiet()) as engine:
+        outcome = await engine.release_for("p-bob", frozenset({"bob"}), "p1")
+    assert outcome.result == "released" and [j.job_id for j in outcome.released] == [job]
+    assert [d.read_bytes() for d in print_site.wait_printed(1, 10, "printer1")] == [data]
+
+
+class _Quiet:
+    def append(self, kind: str, **data: Any) -> None:
+        return None

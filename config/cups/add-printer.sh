@@ -1,8 +1,12 @@
 #!/bin/sh
 # Create the print-release queues on the gateway's cupsd (CUPS 2.4), as root.
 #
-#   add-printer.sh printer NAME ipp://PRINTER-ADDRESS/ipp/print   # a physical printer
+#   add-printer.sh printer NAME ipp://PRINTER-ADDRESS/ipp/print [findme-only]  # a physical printer
 #   add-printer.sh findme [NAME]                                   # the find-me queue (default findme)
+#
+# findme-only: only the gateway's account ($GATEWAY_USER, default portvakt) may submit to the
+# printer queue itself, so users print to the find-me queue only and no client can ask a printer
+# queue not to hold its job (job-hold-until=no-hold); the gateway still moves jobs into it.
 #
 # A printer queue is driverless PDF: cupsd asks the printer for its IPP Everywhere attributes
 # (lpadmin -m everywhere), then the generated PPD's PDF line is changed so that PDF goes to the
@@ -39,7 +43,8 @@ driverless_ppd() {  # queue -> a driverless PDF PPD on stdout
 
 case "${1:-}" in
 printer)
-    [ $# -eq 3 ] || die "usage: add-printer.sh printer NAME ipp://PRINTER/ipp/print"
+    [ $# -eq 3 ] || { [ $# -eq 4 ] && [ "$4" = findme-only ]; } \
+        || die "usage: add-printer.sh printer NAME ipp://PRINTER/ipp/print [findme-only]"
     name=$2 uri=$3
     lpadmin -p "$name" -v "$uri" -m everywhere
     tmp=$(mktemp)
@@ -47,6 +52,10 @@ printer)
     driverless_ppd "$name" >"$tmp"
     # shellcheck disable=SC2086
     lpadmin -p "$name" -E -P "$tmp" -o printer-error-policy=abort-job $HOLD
+    if [ "${4:-}" = findme-only ]; then
+        lpadmin -p "$name" -u "allow:${GATEWAY_USER:-portvakt}"
+        echo "$name: only ${GATEWAY_USER:-portvakt} may submit here; users print to the find-me queue"
+    fi
     echo "$name: driverless PDF queue for $uri, holding new jobs"
     ;;
 findme)
@@ -60,6 +69,6 @@ findme)
     echo "$name: stopped find-me queue (accepting jobs), holding new jobs"
     ;;
 *)
-    die "usage: add-printer.sh printer NAME ipp://PRINTER/ipp/print | add-printer.sh findme [NAME]"
+    die "usage: add-printer.sh printer NAME ipp://PRINTER/ipp/print [findme-only] | add-printer.sh findme [NAME]"
     ;;
 esac
