@@ -254,3 +254,34 @@ def test_a_second_tap_during_a_release_is_ignored_and_never_releases_twice(
     d.wait_event("print.completed", len(jobs))
     assert sorted(e["job"] for e in d.events("print.released")) == sorted(jobs)
     assert len(d.events("access.granted")) == 1 and d.events("print.nothing-to-print") == []
+
+
+async def test_a_technician_releases_from_the_dashboard_with_confirmation(
+        daemon_factory: Any, print_site: PrintRig, tmp_path: Path) -> None:
+    from tests.test_tui import SIZE, connected, sock, until
+    from tui.app import Dashboard
+    from tui.confirm import ConfirmScreen, PrintReleaseScreen
+
+    b1, doc = submit(print_site, tmp_path, "bob", 6)
+    d = start(daemon_factory, print_site)
+    app = Dashboard(sock(d))
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot, app)
+        await until(pilot, lambda: bool((app.status or {}).get("printers")), "printers known")
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, PrintReleaseScreen), "the form")
+        await pilot.press("escape")  # cancelled: nothing happens
+        await until(pilot, lambda: not isinstance(app.screen, PrintReleaseScreen), "closed")
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, PrintReleaseScreen), "the form")
+        await pilot.press(*"bob", "enter")
+        await pilot.press("end", "backspace", "backspace", *"p2", "enter")  # p1 -> p2
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+        await pilot.press("y")
+        await until(pilot, lambda: bool(app.answers), "the daemon's answer", timeout=20)
+        assert app.answers[-1]["ok"], app.answers[-1]
+    [printed] = print_site.wait_printed(1, TIMEOUT, printer="printer2")
+    assert printed.read_bytes() == doc
+    audit = d.wait_event("control.print-release")
+    assert (audit["owner"], audit["printer"]) == ("bob", "p2")
+    assert [e["job"] for e in d.events("print.released")] == [b1]

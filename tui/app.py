@@ -28,7 +28,7 @@ from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, RichLog, Static
 
 from tui.client import ControlClient, DaemonUnavailable, EventStream
-from tui.confirm import ConfirmScreen
+from tui.confirm import ConfirmScreen, PrintReleaseScreen
 from tui.view import (
     DOOR_COLUMNS,
     EventFilter,
@@ -62,6 +62,7 @@ class Dashboard(App[None]):
         Binding("e", "emergency", "Emergency"),
         Binding("a", "ack", "Ack"),
         Binding("r", "reload", "Reload"),
+        Binding("p", "print_release", "Print"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "focus_doors", "Doors", show=False),
         Binding("q", "quit", "Quit"),
@@ -380,6 +381,27 @@ class Dashboard(App[None]):
                       "invalid one is refused and the current one kept.",
                       {"cmd": "policy.reload"},
                       lambda a: f"policy reload: {a.get('outcome')}", confirm="Reload")
+
+    def action_print_release(self) -> None:
+        printers = [str(p["name"]) for p in (self.status or {}).get("printers") or []
+                    if isinstance(p, dict) and p.get("queue") and "(hold)" not in str(p["name"])]
+        if not printers:
+            self.notify("this gateway reports no printers", severity="warning")
+            return
+
+        def chosen(answer: tuple[str, str] | None) -> None:
+            if answer is None:
+                return
+            user, printer = answer
+            self._confirm(f"Release {user}'s held jobs at printer {printer}?",
+                          "Their jobs print there now, without their card; journaled with your "
+                          "OS user.",
+                          {"cmd": "print.release", "user": user, "printer": printer},
+                          lambda a: f"{len(a['outcome']['released'])} job(s) of {user} released "
+                                    f"at {printer} ({a['outcome']['result']})",
+                          confirm="Release")
+
+        self.push_screen(PrintReleaseScreen(printers), chosen)
 
     def _site(self) -> str:
         return str((self.status or {}).get("site", "?"))
