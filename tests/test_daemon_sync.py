@@ -4,6 +4,7 @@ and mosquitto_sub as the independent reader of the retained status."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import signal
@@ -278,3 +279,40 @@ def test_a_reload_with_an_unreadable_broker_password_is_refused_and_the_gateway_
     assert connected(d) and d.proc.alive()
     pcsc_rig.insert("Door0", demo_pki.cards["alice"])
     assert d.wait_event("access.granted")["person"] == "p-alice"
+
+
+def test_daemon_sigkilled_during_a_broker_outage_loses_no_event_once_both_are_back(
+        daemon_factory: Any, broker: Mosquitto, collector: tuple[RigProcess, Path],
+        tmp_path: Path, head_office: Any) -> None:
+    """200 audited technician commands while the broker is down, the daemon SIGKILLed, started
+    again on the same state, the broker back: head office has every event 1..N, once."""
+    from tests.fixtures_daemon import start_daemon
+
+    _, store = collector
+    d = start(daemon_factory, broker, tmp_path, head_office)
+    broker.stop()
+    wait_until(lambda: not connected(d), 15, "the daemon to see the broker gone", d.proc)
+    for _ in range(200):
+        assert d.ask({"cmd": "door.lock", "door": "front"})["ok"]
+    d.wait_event("control.door-lock", 200)  # on disk (read from the database)
+    d.proc.popen.kill()
+    d.proc.popen.wait()
+    again = start_daemon(tmp_path, d.config, d.state, "portvakt-again")
+    d = dataclasses.replace(d, proc=again)
+    try:
+        broker.restart()
+        d.wait_event("gateway.started", 2)
+
+        def delivered() -> bool:
+            try:  # the new daemon journals its start before its control socket listens
+                last = d.ask({"cmd": "status"})["journal"]["last_seq"]
+            except ConnectionError:
+                return False
+            return stored(store) == list(range(1, last + 1))
+
+        wait_until(delivered, 30, "every event at head office, once", again)
+        kinds = [e["kind"] for e in d.events()]
+        assert kinds.count("control.door-lock") == 200
+        assert kinds.count("gateway.started") == 2 and "gateway.stopped" not in kinds
+    finally:
+        again.stop()
