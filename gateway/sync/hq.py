@@ -23,6 +23,7 @@ from pathlib import Path
 import aiomqtt
 
 from gateway.errors import PortvaktError
+from gateway.sync.info import Changes
 from gateway.sync.messages import MessageError, decode_events, encode_ack
 from gateway.sync.mqtt import BrokerError, BrokerParams, Client, connect
 from gateway.sync.topics import events_filter, split_gateway_topic, status_filter
@@ -161,20 +162,12 @@ class Collector:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.info = CollectorInfo()
-        self._waiters: list[asyncio.Future[None]] = []
+        self._changes = Changes()
 
     async def wait_for(self, predicate: Callable[[], bool], within: float = 30.0) -> None:
-        async with asyncio.timeout(within):
-            while not predicate():
-                fut = asyncio.get_running_loop().create_future()
-                self._waiters.append(fut)
-                await fut
-
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for f in waiters:
-            if not f.done():
-                f.set_result(None)
+        """Return once `predicate()` holds (checked at each change of `info`); TimeoutError
+        after `within` seconds."""
+        await self._changes.wait_for(predicate, within)
 
     async def run(self) -> None:
         store = EventStore(self.store_path)
@@ -188,7 +181,7 @@ class Collector:
                 except BrokerError as e:
                     self.info.last_error = str(e)
                 self.info.connected = False
-                self._notify()
+                self._changes.notify()
                 if self.info.connects != connects:
                     backoff = self.backoff_initial
                 delay = backoff * random.uniform(0.75, 1.25)
@@ -207,7 +200,7 @@ class Collector:
             self.info.last_error = None
             log.info("collector: connected to %s:%d as %s", self.params.host, self.params.port,
                      self.params.client_id)
-            self._notify()
+            self._changes.notify()
             messages = client.messages
             while True:
                 first = await anext(messages)
@@ -252,7 +245,7 @@ class Collector:
                                          encode_ack(mark), retain=True)
             self.info.acks_published += 1
             self.info.acked[(site, gw)] = mark
-        self._notify()
+        self._changes.notify()
 
 
 async def publish_once(params: BrokerParams, topic: str, payload: bytes, *,

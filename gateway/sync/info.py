@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,3 +24,26 @@ class SyncInfo:
     handled: dict[str, int] = field(default_factory=lambda: {"policy": 0, "crl": 0, "cmd": 0})
     alarms: list[str] = field(default_factory=list)
     subscribe_failures: list[str] = field(default_factory=list)
+
+
+class Changes:
+    """Wait until a condition on some state holds, woken by `notify()` at each change of it
+    (on the event loop). SyncService and head office's Collector use one each."""
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 30.0) -> None:
+        """Return once `predicate()` holds (checked at each notify); TimeoutError after
+        `within` seconds."""
+        async with asyncio.timeout(within):
+            while not predicate():
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                await fut
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)

@@ -35,7 +35,7 @@ from gateway.journal import Journal
 from gateway.sync.config import SyncConfig
 from gateway.sync.crl import CrlFetcher
 from gateway.sync.inbound import Inbound, OnCommand, OnCrl, OnPolicy
-from gateway.sync.info import SyncInfo
+from gateway.sync.info import Changes, SyncInfo
 from gateway.sync.messages import MessageError, chunk_events, decode_ack, encode_status, offline_status
 from gateway.sync.mqtt import (
     BrokerError,
@@ -105,7 +105,7 @@ class SyncService:
         self.state = SyncState(journal)
         self.info = SyncInfo(acked=journal.acked)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        self._changes = Changes()
         self._backlog_alarmed = False
         self._ack_ahead_alarmed = False
         self._last_progress = time.monotonic()
@@ -153,7 +153,7 @@ class SyncService:
             self.config, self.site, self.gateway, self.journal, self.state, self.info,
             manifest_keys=self.manifest_keys, command_keys=self.command_keys,
             on_policy=self.on_policy, on_crl=self.on_crl, on_command=self.on_command,
-            changed=self._notify, publish_status=self.request_status,
+            changed=self._changes.notify, publish_status=self.request_status,
             fetcher=CrlFetcher(self.config.crl, self._ingest_crl, self.state, self.journal,
                                ca_file=self.config.fetch_ca_file,
                                on_result=self._crl_result))
@@ -178,11 +178,7 @@ class SyncService:
     async def wait_for(self, predicate: Callable[[], bool], within: float = 30.0) -> None:
         """Return once `predicate()` holds (checked at each change of `info`); TimeoutError
         after `within` seconds."""
-        async with asyncio.timeout(within):
-            while not predicate():
-                fut = asyncio.get_running_loop().create_future()
-                self._waiters.append(fut)
-                await fut
+        await self._changes.wait_for(predicate, within)
 
     def request_status(self) -> None:
         """Publish the status now (the daemon calls it after a change head office should see:
@@ -194,12 +190,6 @@ class SyncService:
         """The sync state as JSON-able data (for the gateway's own status)."""
         return {**asdict(self.info), "backlog": self.journal.backlog,
                 "last_seq": self.journal.last_seq}
-
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
 
     def _committed_threadsafe(self, seq: int) -> None:
         loop = self._loop
@@ -233,7 +223,7 @@ class SyncService:
         else:
             return
         self.request_status()
-        self._notify()
+        self._changes.notify()
 
     # --- the broker session --------------------------------------------------------------------
     async def _connection_loop(self) -> None:
@@ -247,7 +237,7 @@ class SyncService:
                 error = str(e)
             self.info.connected = False
             self.info.last_error = error
-            self._notify()
+            self._changes.notify()
             if self.info.connects != connects:
                 backoff = self.config.backoff_initial  # it worked for a while: start over
             delay = backoff * random.uniform(0.75, 1.25)
@@ -266,7 +256,7 @@ class SyncService:
             self._last_progress = time.monotonic()
             log.info("head-office sync: connected to %s:%d as %s", self.params.host,
                      self.params.port, self.params.client_id)
-            self._notify()
+            self._changes.notify()
             try:
                 codes = await client.subscribe([(self.topics.policy, 1), (self.topics.cmd, 1),
                                                 (self.topics.ack, 1), (self.topics.crl_all, 1)])
@@ -333,7 +323,7 @@ class SyncService:
                             tg.create_task(client.publish_checked(self.topics.events, payload))
                     sent = batch[-1][0]
                     self.info.sent = sent
-                    self._notify()
+                    self._changes.notify()
                     continue
             self._wake.clear()
             if room > 0 and journal.committed_seq > sent:
@@ -383,7 +373,7 @@ class SyncService:
             self._last_progress = time.monotonic()
             self._wake.set()
             self._check_backlog()
-            self._notify()
+            self._changes.notify()
 
     # --- status and housekeeping ---------------------------------------------------------------
     def _status_doc(self) -> bytes:
@@ -413,7 +403,7 @@ class SyncService:
             self._status_now.clear()
             await client.publish_checked(self.topics.status, self._status_doc(), retain=True)
             self.info.status_published += 1
-            self._notify()
+            self._changes.notify()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.status_interval):
                     await self._status_now.wait()
