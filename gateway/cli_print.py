@@ -82,7 +82,7 @@ def _direct(args: argparse.Namespace, work: Callable[[Any, Any], Awaitable[T]],
     from gateway.journal import Journal
     from printer_drivers.config import parse_print_config
     from printer_drivers.ipp import os_account
-    from printer_drivers.release import PrintRelease
+    from printer_drivers.release import NoJournal, PrintRelease
 
     raw, file, state_dir, gid = _read(args)
     cfg = parse_print_config(raw, file, lambda p: Path(p) if Path(p).is_absolute()
@@ -95,7 +95,7 @@ def _direct(args: argparse.Namespace, work: Callable[[Any, Any], Awaitable[T]],
     journal = Journal(state_dir / "portvakt.db", gid) if journaled else None
 
     async def run() -> T:
-        async with PrintRelease(cfg, journal or _NoJournal()) as engine:
+        async with PrintRelease(cfg, journal or NoJournal()) as engine:
             result = await work(engine, journal)
             if engine.owners_hidden:  # else "no held jobs" / "nothing to print" would mislead
                 raise InputError(f"cupsd hides job owners from account {me!r}: run as the "
@@ -108,10 +108,6 @@ def _direct(args: argparse.Namespace, work: Callable[[Any, Any], Awaitable[T]],
         if journal is not None:
             journal.close()
 
-
-class _NoJournal:
-    def append(self, kind: str, **data: Any) -> None:  # read-only commands journal nothing
-        return None
 
 
 def _size(kb: int) -> str:

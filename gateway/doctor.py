@@ -152,17 +152,13 @@ def check_daemon(cfg: Config) -> tuple[bool, str]:
 def check_printers(cfg: Config) -> tuple[bool, str]:
     """cupsd answers on the configured server and every printer may print now."""
     from printer_drivers.model import refusal
-    from printer_drivers.release import PrintRelease
+    from printer_drivers.release import NoJournal, PrintRelease
 
     pc = cfg.print
     assert pc is not None
 
-    class _NoJournal:
-        def append(self, kind: str, **data: Any) -> None:
-            return None
-
     async def probe() -> list[tuple[str, tuple[str, str] | None]]:
-        async with PrintRelease(pc, _NoJournal()) as engine:
+        async with PrintRelease(pc, NoJournal()) as engine:
             out = []
             for p in pc.printers:
                 state = await engine.printer_state(p.name)

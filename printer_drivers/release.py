@@ -47,7 +47,7 @@ from printer_drivers.model import (
 )
 from printer_drivers.users import normalise_print_user
 
-__all__ = ["JournalLike", "PrintRelease"]
+__all__ = ["JournalLike", "NoJournal", "PrintRelease"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,14 @@ class JournalLike(Protocol):
 
     def append(self, kind: str, *, door: str | None = None, person: str | None = None,
                reason: str | None = None, at: float | None = None, **data: Any) -> object: ...
+
+
+class NoJournal:
+    """A JournalLike that keeps nothing: for read-only uses of the engine (listing held jobs,
+    asking printers' state) by tools that must not write the gateway's journal."""
+
+    def append(self, kind: str, **data: Any) -> None:
+        return None
 
 
 class PrintRelease:

@@ -22,7 +22,7 @@ from printer_drivers.ipp import (
     encode_request,
     os_account,
 )
-from printer_drivers.release import PrintRelease
+from printer_drivers.release import NoJournal, PrintRelease
 from tests.fixtures_cups import SITE_FINDME, lpstat_jobs, pdf, site_config
 
 GATEWAY = os_account()  # the account the shipped policy names, in the test rig
@@ -200,12 +200,7 @@ async def test_a_findme_only_printer_refuses_direct_jobs_yet_prints_what_the_gat
         print_site.submit("bob", tmp_path / "doc.pdf", hold=False, queue="printer1",
                           options=["-H", "immediate"])
     job = print_site.submit("bob", tmp_path / "doc.pdf", hold=False, queue=SITE_FINDME)
-    async with PrintRelease(site_config(print_site), _Quiet()) as engine:
+    async with PrintRelease(site_config(print_site), NoJournal()) as engine:
         outcome = await engine.release_for("p-bob", frozenset({"bob"}), "p1")
     assert outcome.result == "released" and [j.job_id for j in outcome.released] == [job]
     assert [d.read_bytes() for d in print_site.wait_printed(1, 10, "printer1")] == [data]
-
-
-class _Quiet:
-    def append(self, kind: str, **data: Any) -> None:
-        return None
