@@ -175,16 +175,16 @@ def check_printers(cfg: Config) -> tuple[bool, str]:
 def check_broker(cfg: Config) -> tuple[bool, str]:
     """The broker accepts this gateway's credentials over TLS with the pinned CA. A session of
     its own (clean, another client id): the daemon's persistent session is not touched."""
-    from gateway.sync.mqtt import BrokerError, BrokerParams, connect, read_secret
+    from gateway.sync.mqtt import BrokerError, connect, read_secret
+    from gateway.sync.service import broker_params
 
     m = cfg.mqtt
     assert m is not None
     password = (read_secret(m.password_file, str(cfg.file), "mqtt.password_file")
                 if m.password_file is not None else None)
-    params = BrokerParams(m.host, m.port, m.ca_file,
-                          f"{m.client_id or f'portvakt-{cfg.site}-{cfg.gateway_id}'}-doctor",
-                          m.username, password, m.client_cert, m.client_key, m.protocol,
-                          persistent=False, timeout=min(m.connect_timeout, 10.0))
+    daemons = broker_params(m, cfg.site, cfg.gateway_id, password)
+    params = dataclasses.replace(daemons, client_id=f"{daemons.client_id}-doctor",
+                                 persistent=False, timeout=min(m.connect_timeout, 10.0))
 
     async def probe() -> None:
         async with connect(params):

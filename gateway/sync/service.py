@@ -57,6 +57,17 @@ log = logging.getLogger(__name__)
 StatusFn = Callable[[], Mapping[str, Any]]
 
 
+def broker_params(config: SyncConfig, site: str, gateway_id: str,
+                  password: str | None) -> BrokerParams:
+    """How this gateway reaches and logs in to its broker: the persistent session
+    (``client_id``, default ``portvakt-<site>-<gateway>``) with the configured credentials."""
+    return BrokerParams(
+        config.host, config.port, config.ca_file,
+        config.client_id or f"portvakt-{site}-{gateway_id}", config.username, password,
+        config.client_cert, config.client_key, config.protocol, config.keepalive,
+        config.session_expiry, True, config.connect_timeout)
+
+
 def _first_error(e: BaseException) -> BaseException:
     while isinstance(e, BaseExceptionGroup):
         e = next((x for x in e.exceptions if not isinstance(x, asyncio.CancelledError)),
@@ -97,11 +108,7 @@ class SyncService:
         self.status = status
         self.topics, self.manifest_keys, self.command_keys, password = self.load_secrets(
             config, site, gateway_id)
-        self.params = BrokerParams(
-            config.host, config.port, config.ca_file,
-            config.client_id or f"portvakt-{site}-{gateway_id}", config.username, password,
-            config.client_cert, config.client_key, config.protocol, config.keepalive,
-            config.session_expiry, True, config.connect_timeout)
+        self.params = broker_params(config, site, gateway_id, password)
         self.state = SyncState(journal)
         self.info = SyncInfo(acked=journal.acked)
         self._loop: asyncio.AbstractEventLoop | None = None
