@@ -52,6 +52,7 @@ from readers.pcsc import PcscReader, list_readers, resolve_reader, split_name
 from readers.profile import PivCakProfile
 
 log = logging.getLogger(__name__)
+Handler = Callable[[CardRead | CardFailure | ReaderStatus], Awaitable[None]]
 CRL_WATCH_SECONDS = 60.0
 
 
@@ -172,24 +173,17 @@ class Gateway:
             self.tasks.append(self._part("CRL fetch", self._crl_fetch))
         profile = PivCakProfile(self.config.aids)
         for door in self.doors.values():
-            self.tasks.append(self._part(
-                f"reader {door.config.name}",
-                functools.partial(self._reader_loop, f"door {door.config.name}",
-                                  self._reader(door.config.name, door.config.reader,
-                                               door.config.nfc, door.config.slot, profile),
-                                  functools.partial(self.on_presentation, door))))
+            dc = door.config
+            self._reader_part("door", dc.name, dc.reader, dc.nfc, dc.slot, profile,
+                              functools.partial(self.on_presentation, door))
         if self.printing is not None:
             self.tasks.append(self._part("print retention", self.printing.run_retention))
             self.tasks.append(self._part("printer watch", functools.partial(
                 self.printing.run_watch, self._status_changed)))
             for printer in self.printing.printers.values():
                 pc = printer.config
-                self.tasks.append(self._part(
-                    f"reader printer {pc.name}",
-                    functools.partial(self._reader_loop, f"printer {pc.name}",
-                                      self._reader(f"printer {pc.name}", pc.reader, pc.nfc,
-                                                   pc.slot, profile),
-                                      functools.partial(self._at_printer, printer))))
+                self._reader_part("printer", pc.name, pc.reader, pc.nfc, pc.slot, profile,
+                                  functools.partial(self._at_printer, printer))
         try:
             await stop.wait()
         finally:
@@ -289,19 +283,21 @@ class Gateway:
             pending=self.pending)
 
     # --- readers ------------------------------------------------------------------------------
-    @staticmethod
-    def _reader(name: str, pcsc: str, nfc: str, slot: int, profile: PivCakProfile
-                ) -> PcscReader | NfcReader:
-        if nfc:
-            return NfcReader(name, nfc, profile)
-        return PcscReader(name, pcsc, slot, profile)
+    def _reader_part(self, kind: str, name: str, pcsc: str, nfc: str, slot: int,
+                     profile: PivCakProfile, handle: Handler) -> None:
+        """The reader at door or printer `name` (PC/SC, or nfcpy when `nfc` is set) as a
+        supervised part feeding `handle`."""
+        label = name if kind == "door" else f"{kind} {name}"
+        reader = (NfcReader(label, nfc, profile) if nfc
+                  else PcscReader(label, pcsc, slot, profile))
+        self.tasks.append(self._part(f"reader {label}", functools.partial(
+            self._reader_loop, kind, name, reader, handle)))
 
-    async def _reader_loop(self, label: str, reader: PcscReader | NfcReader,
-                           handle: Callable[[CardRead | CardFailure | ReaderStatus],
-                                            Awaitable[None]]) -> None:
+    async def _reader_loop(self, kind: str, name: str, reader: PcscReader | NfcReader,
+                           handle: Handler) -> None:
         backoff = 0.5
-        kind, _, name = label.partition(" ")
-        where: dict[str, Any] = {"door": name} if kind == "door" else {"printer": name}
+        label = f"{kind} {name}"
+        where: dict[str, Any] = {kind: name}  # the journal's door, or data's printer
         while True:
             try:
                 async with reader:

@@ -239,8 +239,8 @@ class Printing:
                 "held_jobs": counts.get(rt.config.queue.casefold(), 0),
                 "last_presentation": rt.last_presentation, "last_result": rt.last_result}
                for rt in self.printers.values()]
-        out.append({"name": f"{self.config.findme_queue} (hold)", "queue":
-                    self.config.findme_queue, "state": "holding",
+        out.append({"name": f"{self.config.findme_queue} (hold)", "hold": True,
+                    "queue": self.config.findme_queue, "state": "holding",
                     "held_jobs": counts.get(self.config.findme_queue.casefold(), 0),
                     "error": self.error})
         return out

@@ -384,7 +384,7 @@ class Dashboard(App[None]):
 
     def action_print_release(self) -> None:
         printers = [str(p["name"]) for p in (self.status or {}).get("printers") or []
-                    if isinstance(p, dict) and p.get("queue") and "(hold)" not in str(p["name"])]
+                    if isinstance(p, dict) and p.get("queue") and not p.get("hold")]
         if not printers:
             self.notify("this gateway reports no printers", severity="warning")
             return
