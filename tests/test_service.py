@@ -65,7 +65,28 @@ def world(demo_pki: DemoPki) -> Iterator[Path]:
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.fixture
+def checkout_reachable() -> Iterator[None]:
+    """The daemon runs from this checkout's .venv; a checkout in a private folder (mktemp -d:
+    0700) is not reachable by another uid. For the length of the test give others read and
+    search on the checkout itself (Python lists it to import from it) and search only (x) on the
+    folders above it that lack it; then put the modes back."""
+    changed: list[tuple[Path, int]] = []
+    try:
+        for folder, need in ((repo_root(), stat.S_IROTH | stat.S_IXOTH),
+                             *((p, stat.S_IXOTH) for p in repo_root().parents)):
+            mode = stat.S_IMODE(folder.stat().st_mode)
+            if mode & need != need:
+                folder.chmod(mode | need)
+                changed.append((folder, mode))
+        yield
+    finally:
+        for folder, mode in changed:
+            folder.chmod(mode)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
+@pytest.mark.usefixtures("checkout_reachable")
 def test_the_daemon_runs_as_an_unprivileged_user(world: Path, demo_pki: DemoPki):
     pki = world / "pki"
     shutil.copytree(demo_pki.root.parent, pki)
