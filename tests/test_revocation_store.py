@@ -155,14 +155,20 @@ def test_lookups_during_an_ingest_answer_from_the_old_index(pki):
     _, ca = pki
     store = RevocationStore()
     store.ingest(ca.crl(revoked=[1], number=1).der, signers(pki), now=AT)
-    big, _ = crlgen.crl_bytes(ca.cert, ca.key, 100_000, seed=1, crl_number=2, include=[2])
+    # thisUpdate from NOW, not the wall clock: the store is asked at AT (= NOW), and by the time this
+    # test runs in a long suite the wall clock is minutes past it.
+    big, _ = crlgen.crl_bytes(ca.cert, ca.key, 100_000, seed=1, crl_number=2, include=[2],
+                              this_update=NOW - dt.timedelta(minutes=1))
     issuer = ca.subject.public_bytes()
     seen: list[tuple[bool, bool]] = []
     done = threading.Event()
+    failed: list[BaseException] = []
 
     def ingest() -> None:
         try:
             store.ingest(big, signers(pki), now=AT)
+        except BaseException as e:  # reported by the test below, not lost in the thread
+            failed.append(e)
         finally:
             done.set()
 
@@ -172,6 +178,7 @@ def test_lookups_during_an_ingest_answer_from_the_old_index(pki):
         (idx,) = store.for_issuer(issuer)
         seen.append((idx.contains(1), idx.contains(2)))
     t.join()
+    assert not failed, f"the ingest failed: {failed[0]!r}"
     # Every answer came from one whole index: the old (1 revoked) or the new (2 revoked).
     assert set(seen) <= {(True, False), (False, True)}
     (idx,) = store.for_issuer(issuer)
