@@ -139,6 +139,7 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.loop = asyncio.get_running_loop()
+        self.journal.on_fault(self._journal_fault_threadsafe)
         self.journal.append("gateway.started", pid=os.getpid())
         behind = self.trust.trusted_time - time.time()
         if behind > self.trust.clock_skew:
@@ -262,6 +263,13 @@ class Gateway:
 
         await CrlFetcher(self.config.crl_fetch, install, SyncState(self.journal), self.journal,
                          on_result=result).run()
+
+    def _journal_fault_threadsafe(self, error: str | None) -> None:
+        """The journal's disk failed or recovered (writer thread): head office's status shows
+        it at once; doors carry on deciding either way."""
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self.loop.call_soon_threadsafe(self._status_changed)
 
     def _door_changed(self, controller: DoorController) -> None:
         self._status_changed()

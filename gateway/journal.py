@@ -3,7 +3,10 @@
 `append` never blocks on disk: it assigns the next sequence number, queues the event and returns.
 One writer thread commits whatever has queued in one transaction (group commit), so an event is
 on disk within milliseconds while a door never waits for it. If a write fails the events stay in
-memory, `fault` is set, and the writer retries.
+memory, `fault` is set (and `on_fault` listeners told), and the writer retries; once the disk
+takes them again a `journal.recovered` event records how long it refused and why. Events still
+held when the journal closes are written to a side file (`<journal>.held`, JSON lines, mode 0600)
+and put into the database the next time it opens (`journal.restored`).
 
 The journal is also the MQTT outbox (gateway/sync): every event with a sequence number above the
 acknowledged high-water mark (`acked`, head office's `events/ack`) is still to be delivered.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -122,6 +126,7 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = connect(path)
             migrate(self._conn)
+            restored = self._restore_held()
             row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
             acked = self._conn.execute("SELECT value FROM meta WHERE key = ?",
                                        (ACKED_KEY,)).fetchone()
@@ -138,9 +143,79 @@ class Journal:
         self._committed_seq = self._next - 1
         self._listeners: list[Callable[[Event], None]] = []
         self._commit_listeners: list[Callable[[int], None]] = []
+        self._fault_listeners: list[Callable[[str | None], None]] = []
         self.fault: str | None = None
+        self._fault_since: float | None = None
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
+        if restored:
+            self.append("journal.restored", reason="journal-fault", events=restored)
+
+    @property
+    def held_file(self) -> Path:
+        """Where events the disk refused until the journal closed wait for the next start."""
+        return self.path.with_name(self.path.name + ".held")
+
+    def _restore_held(self) -> int:
+        """Put the events of a previous run's side file into the database; returns how many.
+        Lines that do not parse (a crash mid-write) are kept aside in `<file>.rejected`."""
+        held = self.held_file
+        try:
+            lines = held.read_bytes().splitlines()
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise sqlite3.OperationalError(f"cannot read {held}: {e}") from e
+        rows, bad = [], []
+        for line in lines:
+            try:
+                doc = json.loads(line)
+                rows.append((int(doc["seq"]), float(doc["at"]), str(doc["kind"]), doc.get("door"),
+                             doc.get("person"), doc.get("reason"),
+                             json.dumps(doc.get("data") or {}, separators=(",", ":"))))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                bad.append(line)
+        self._conn.execute("BEGIN")
+        try:
+            # A row already there came from a commit whose success the writer never saw.
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO events (seq, at, kind, door, person, reason, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        if bad:
+            rejected = held.with_name(held.name + f".{int(time.time())}.rejected")
+            rejected.write_bytes(b"\n".join(bad) + b"\n")
+            rejected.chmod(0o600)
+            log.error("%s: %d lines could not be read back; kept in %s", held, len(bad), rejected)
+        held.unlink()
+        log.warning("%s: %d events the disk refused last time are now in the journal",
+                    held, len(rows))
+        return len(rows)
+
+    def _hold(self, pending: list[Event]) -> None:
+        """The journal closes while the disk refuses: keep `pending` in the side file."""
+        lines = b"".join(json.dumps({"seq": e.seq, "at": e.at, "kind": e.kind, "door": e.door,
+                                     "person": e.person, "reason": e.reason, "data": e.data},
+                                    separators=(",", ":")).encode() + b"\n" for e in pending)
+        try:
+            fd = os.open(self.held_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                view = memoryview(lines)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.critical("journal closing with %d events the disk refused, and %s cannot take "
+                         "them either (%s): events %d..%d are lost", len(pending),
+                         self.held_file, e, pending[0].seq, pending[-1].seq)
+            return
+        log.error("journal closing with %d events the disk refused: kept in %s for the next "
+                  "start", len(pending), self.held_file)
 
     # --- outbox state ----------------------------------------------------------------------
     @property
@@ -248,6 +323,18 @@ class Journal:
         """Call `listener(seq)` from the writer thread each time events up to `seq` are on disk."""
         self._commit_listeners.append(listener)
 
+    def on_fault(self, listener: Callable[[str | None], None]) -> None:
+        """Call `listener(error)` from the writer thread when writes start failing, and
+        `listener(None)` when they succeed again."""
+        self._fault_listeners.append(listener)
+
+    def _fault_changed(self, error: str | None) -> None:
+        for listener in self._fault_listeners:
+            try:
+                listener(error)
+            except Exception:
+                log.exception("journal fault listener failed")
+
     def subscribe(self, listener: Callable[[Event], None]) -> None:
         """Call `listener(event)` (from the appending thread, in sequence order) for every
         appended event. Keep it short: it runs while other appends wait."""
@@ -305,17 +392,22 @@ class Journal:
             except sqlite3.Error as e:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                if self.fault is None:
+                first = self.fault is None
+                self.fault = str(e)
+                if first:
                     log.error("journal write failed, keeping %d events in memory: %s",
                               len(pending), e)
-                self.fault = str(e)
+                    self._fault_since = time.time()
+                    self._fault_changed(self.fault)
                 if stopping:
+                    self._hold(pending)
                     for op in ops:
                         op.future.set_exception(JournalError(f"journal closed: {e}"))
                     break
                 time.sleep(0.5)  # back off before retrying the disk
                 continue
-            self.fault = None
+            if self.fault is not None:
+                self._recovered(len(pending))
             with self._committed:
                 self._committed_seq = pending[-1].seq
                 self._committed.notify_all()
@@ -326,6 +418,17 @@ class Journal:
                     log.exception("journal commit listener failed")
             pending = []
             ops = self._run_ops(ops)
+
+    def _recovered(self, held: int) -> None:
+        """The disk took the events again: clear the fault and journal the gap it left."""
+        error, since = self.fault, self._fault_since or time.time()
+        self.fault, self._fault_since = None, None
+        seconds = round(time.time() - since, 1)
+        log.warning("journal writes succeed again after %.1f s; the %d events held in memory "
+                    "are on disk", seconds, held)
+        self.append("journal.recovered", reason="journal-fault", since=since, seconds=seconds,
+                    error=error, held=held)
+        self._fault_changed(None)
 
     def _run_ops(self, ops: list[_Op]) -> list[_Op]:
         for op in ops:
@@ -355,7 +458,12 @@ class Journal:
 
     def close(self) -> None:
         self._queue.put(None)
-        self._thread.join(10)
+        # A refusing disk can take two busy timeouts (5 s each) before the writer gives up and
+        # keeps what it holds in the side file.
+        self._thread.join(15)
+        if self._thread.is_alive():
+            log.error("journal writer still busy after 15 s; leaving it to finish")
+            return
         self._conn.close()
         with self._read_lock:
             self._reader.close()

@@ -81,6 +81,8 @@ def test_concurrent_appends_are_all_committed_in_sequence(tmp_path: Path):
 def test_a_failing_disk_keeps_events_in_memory_and_sets_a_fault(tmp_path: Path):
     db = tmp_path / "j.db"
     j = Journal(db, "gw")
+    told: list[str | None] = []
+    j.on_fault(told.append)
     try:
         j.append("before")
         assert j.flush()
@@ -90,12 +92,21 @@ def test_a_failing_disk_keeps_events_in_memory_and_sets_a_fault(tmp_path: Path):
         blocker.execute("BEGIN IMMEDIATE")
         j.append("during")
         assert not j.flush(timeout=0.3)
-        assert j.fault is not None
+        assert j.fault is not None and "locked" in j.fault
+        j.append("still during")  # retried, not a second fault
+        assert not j.flush(timeout=0.6)
         blocker.execute("ROLLBACK")
         blocker.close()
         assert j.flush(timeout=5)
         assert j.fault is None
-        assert [e.kind for e in j.events()] == ["before", "during"]
+        # Told once when it started and once when it ended; the gap is on record.
+        assert told == [told[0], None] and told[0] is not None and "locked" in told[0]
+        assert j.flush(timeout=5)
+        events = j.events()
+        assert [e.kind for e in events] == ["before", "during", "still during", "journal.recovered"]
+        gap = events[-1]
+        assert gap.reason == "journal-fault" and "locked" in gap.data["error"]
+        assert gap.data["held"] == 2 and gap.data["seconds"] >= 0.5
     finally:
         j.close()
 
@@ -186,3 +197,42 @@ def test_writes_run_on_the_writer_thread_after_the_events_queued_before_them(tmp
         assert j.read(lambda c: c.execute("SELECT value FROM sync_state").fetchone()[0]) == "1"
     finally:
         j.close()
+
+
+def test_events_the_disk_refuses_until_close_wait_in_a_side_file_for_the_next_start(
+        tmp_path: Path):
+    db = tmp_path / "j.db"
+    j = Journal(db, "gw")
+    j.append("before")
+    assert j.flush()
+    blocker = sqlite3.connect(db, isolation_level=None, timeout=0)
+    j._conn.execute("PRAGMA busy_timeout=0")
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        j.append("door.unlocked", door="front", person="p-alice", reason="granted", n=1)
+        j.append("door.locked", door="front")
+        assert not j.flush(timeout=0.3)
+        j.close()  # stopping while the disk still refuses
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert j.held_file.exists() and j.held_file.stat().st_mode & 0o777 == 0o600
+    # A torn last line (a crash mid-write) is kept aside, not fatal and not silently dropped.
+    with j.held_file.open("ab") as f:
+        f.write(b'{"seq": 9, "at": 1.0, "ki')
+    again = Journal(db, "gw")
+    try:
+        assert not again.held_file.exists()
+        assert again.flush()
+        events = again.events()
+        assert [e.kind for e in events] == ["before", "door.unlocked", "door.locked",
+                                            "journal.restored"]
+        assert [e.seq for e in events] == [1, 2, 3, 4]
+        assert (events[1].door, events[1].person, events[1].reason, events[1].data) == (
+            "front", "p-alice", "granted", {"n": 1})
+        assert events[3].data == {"events": 2}
+        (rejected,) = tmp_path.glob("j.db.held.*.rejected")
+        assert rejected.read_bytes() == b'{"seq": 9, "at": 1.0, "ki\n'
+        assert again.append("next").seq == 5
+    finally:
+        again.close()
