@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import signal
@@ -39,10 +40,12 @@ from gateway.policy import DecisionState, Mode, Pending
 from gateway.policy_source import PolicySource
 from gateway.printing import PrinterRuntime, Printing
 from gateway.supervisor import supervise
+from gateway.sync.config import CrlFetchConfig
 from gateway.sync.crl import CrlFetcher, crl_ingester
 from gateway.sync.service import SyncService
 from gateway.sync.signed import VerifiedCommand
 from gateway.sync.state import SyncState
+from gateway.trust.distribution import distribution_points
 from gateway.trust.revocation import crl_status
 from gateway.trust.store import load_trust_store
 from gateway.trust.validator import Rejection, TrustStore, Validated
@@ -94,6 +97,8 @@ class Gateway:
     loop: asyncio.AbstractEventLoop | None = None
     stale_crls: set[str] = field(default_factory=set)  # issuers whose CRL is past nextUpdate+grace
     crl_wake: asyncio.Event = field(default_factory=asyncio.Event)  # a CRL was installed
+    crl_fetcher: CrlFetcher | None = None  # sync's or the "CRL fetch" part's, None when neither
+    dp_seen: set[bytes] = field(default_factory=set)  # certificates whose CRL points were read
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
@@ -121,6 +126,8 @@ class Gateway:
         gw = cls(config, journal, trust, policy, modes, boards, links, doors)
         try:
             gw.printing = Printing.build(config, journal, trust, boards)
+            if gw.printing is not None:
+                gw.printing.on_verdict = gw.learn_crl_points
             if config.mqtt is not None:
                 ingest = crl_ingester(trust)
 
@@ -169,9 +176,15 @@ class Gateway:
                                      {"events.follow": self._stream_events})
         await self.control.start()
         if self.sync is not None:
+            self.crl_fetcher = self.sync.fetcher
             self.tasks.append(self._part("mqtt sync", self.sync.run))
-        elif self.config.crl_fetch is not None and self.config.crl_fetch.urls:
-            self.tasks.append(self._part("CRL fetch", self._crl_fetch))
+        elif self.config.crl_fetch is not None and (self.config.crl_fetch.urls or
+                                                    self.config.crl_fetch.from_certificates):
+            self.crl_fetcher = self._own_crl_fetcher(self.config.crl_fetch)
+            self.tasks.append(self._part("CRL fetch", self.crl_fetcher.run))
+        if self.crl_fetcher is not None:
+            for ca in (*self.trust.intermediates, *self.trust.anchors):
+                self.crl_fetcher.learn(distribution_points(ca), ca.subject.rfc4514_string())
         profile = PivCakProfile(self.config.aids)
         for door in self.doors.values():
             dc = door.config
@@ -246,9 +259,8 @@ class Gateway:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(self.crl_wake.set)
 
-    async def _crl_fetch(self) -> None:
-        """CRLs from their distribution points without head-office sync ([crl] urls)."""
-        assert self.config.crl_fetch is not None
+    def _own_crl_fetcher(self, config: CrlFetchConfig) -> CrlFetcher:
+        """CRLs from their distribution points without head-office sync (a [crl] table)."""
         ingest = crl_ingester(self.trust, "fetch")
 
         async def install(data: bytes) -> Any:
@@ -261,8 +273,25 @@ class Gateway:
                 self.crl_wake.set()
                 self._status_changed()
 
-        await CrlFetcher(self.config.crl_fetch, install, SyncState(self.journal), self.journal,
-                         on_result=result).run()
+        return CrlFetcher(config, install, SyncState(self.journal), self.journal,
+                          on_result=result)
+
+    def learn_crl_points(self, read: CardRead, verdict: Validated | Rejection) -> None:
+        """The CRL distribution points a validated card certificate names are fetched from then
+        on (with `from_certificates`). After the decision: never in a door's way."""
+        fetcher = self.crl_fetcher
+        if (fetcher is None or not fetcher.config.from_certificates
+                or not isinstance(verdict, Validated)):
+            return
+        digest = hashlib.sha256(read.certificates[0]).digest()
+        if digest in self.dp_seen:
+            return
+        if len(self.dp_seen) >= 4096:
+            self.dp_seen.clear()
+        self.dp_seen.add(digest)
+        leaf = self.trust.leaf(read.certificates)
+        if leaf is not None:
+            fetcher.learn(distribution_points(leaf), leaf.subject.rfc4514_string())
 
     def _journal_fault_threadsafe(self, error: str | None) -> None:
         """The journal's disk failed or recovered (writer thread): head office's status shows
@@ -364,6 +393,7 @@ class Gateway:
                                                "reason": decision.reason}})
         log.info("door %s: %s (%s) in %.1f ms", name,
                  "granted" if decision.granted else "denied", decision.reason, elapsed_ms)
+        self.learn_crl_points(item, verdict)
 
     def _tell_waiters(self, door: DoorRuntime, result: dict[str, Any]) -> None:
         waiters, door.waiters = door.waiters, []

@@ -29,7 +29,7 @@ from gateway.domain import CardFailure, CardRead, ReaderStatus
 from gateway.errors import DoorDriverError, InputError, PrinterError
 from gateway.journal import Journal
 from gateway.policy import DecisionState, Policy
-from gateway.trust.validator import TrustStore, Validated
+from gateway.trust.validator import Rejection, TrustStore, Validated
 from printer_drivers.config import PrintConfig, PrinterConfig
 from printer_drivers.model import PRINTER_STOPPED, ReleaseOutcome, state_reasons
 from printer_drivers.release import PrintRelease
@@ -67,6 +67,8 @@ class Printing:
     printers: dict[str, PrinterRuntime]
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     error: str | None = None  # the last cupsd failure of the purge or watch, None when fine
+    # told of every presentation's verdict after the decision (the daemon reads CRL points)
+    on_verdict: Callable[[CardRead, Validated | Rejection], None] | None = None
 
     @classmethod
     def build(cls, config: Config, journal: Journal, trust: TrustStore,
@@ -118,6 +120,8 @@ class Printing:
         self.journal.append("access.granted" if decision.granted else "access.denied",
                             printer=name, person=decision.person, reason=decision.reason,
                             **decision_fields(item, verdict, decision))
+        if self.on_verdict is not None:
+            self.on_verdict(item, verdict)
         if not (decision.granted and "release" in decision.actions
                 and isinstance(verdict, Validated) and policy is not None
                 and decision.person is not None):

@@ -26,7 +26,9 @@ class CrlFetchConfig:
     `urls`: the CRL distribution points (http or https); `lead`: fetch this many seconds before
     a CRL's nextUpdate; `refresh`: poll interval when a CRL has no nextUpdate, or it came back
     unchanged; `retry`: first wait after a failed fetch (doubles up to `refresh`); `timeout`
-    seconds per request; `max_bytes`: the largest CRL accepted."""
+    seconds per request; `max_bytes`: the largest CRL accepted; `from_certificates`: also fetch
+    the http(s) distribution points named in the trust store's CA certificates and in the
+    validated certificates cards present (on by default in a `[crl]` table, off without one)."""
 
     urls: tuple[str, ...] = ()
     lead: float = 3600.0
@@ -34,6 +36,7 @@ class CrlFetchConfig:
     retry: float = 60.0
     timeout: float = 60.0
     max_bytes: int = 512 * 1024 * 1024
+    from_certificates: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ MQTT_KEYS = {
     "status_interval_seconds", "backoff_initial_seconds", "backoff_max_seconds", "crl",
 }
 CRL_KEYS = {"urls", "lead_seconds", "refresh_seconds", "retry_seconds", "timeout_seconds",
-            "max_bytes"}
+            "max_bytes", "from_certificates"}
 
 
 def parse_crl_fetch(c: Table) -> CrlFetchConfig:
@@ -123,7 +126,8 @@ def parse_crl_fetch(c: Table) -> CrlFetchConfig:
     return CrlFetchConfig(urls, c.number("lead_seconds", 0, 30 * DAY, 3600.0), refresh,
                           c.number("retry_seconds", 0.01, 30 * DAY, min(60.0, refresh)),
                           c.number("timeout_seconds", 1, 3600, 60.0),
-                          c.integer("max_bytes", 1024, 2**40, 512 * 1024 * 1024))
+                          c.integer("max_bytes", 1024, 2**40, 512 * 1024 * 1024),
+                          c.boolean("from_certificates", True))
 
 
 def parse_sync_config(raw: dict[str, Any], file: str,

@@ -1,7 +1,11 @@
-"""CRLs without head office: each configured distribution point is fetched before the CRL's
-nextUpdate (and polled with a conditional GET every `refresh` seconds), early when a notice
-arrives on `portvakt/crl/<issuer-key-id>`. What comes in goes to the service's `on_crl`
-(verification and the revocation index: an older CRL never replaces a newer one there).
+"""CRLs without head office: each distribution point is fetched before the CRL's nextUpdate
+(and polled with a conditional GET every `refresh` seconds), early when a notice arrives on
+`portvakt/crl/<issuer-key-id>`. What comes in goes to the service's `on_crl` (verification and
+the revocation index: an older CRL never replaces a newer one there).
+
+The points are the configured `urls` and, with `from_certificates`, those the certificates name
+(`learn`: the trust store's CA certificates at start, each validated card certificate as it is
+presented), remembered across restarts, at most MAX_LEARNED of them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,9 @@ from gateway.trust.revocation import CrlIndex
 from gateway.trust.validator import TrustStore
 
 log = logging.getLogger(__name__)
+
+MAX_LEARNED = 32  # distribution points taken from certificates (a site has a handful of CAs)
+LEARNED_KEY = "crl-dp-learned"
 
 
 def to_der(data: bytes) -> bytes:
@@ -84,7 +91,37 @@ class CrlFetcher:
         self.ca_file = ca_file
         self.on_result = on_result
         self.points = [_Point(u) for u in config.urls]
+        self.learned: list[str] = []
+        self._learned_dirty = False
+        self._restored = False
+        self._early: list[tuple[tuple[str, ...], str]] = []  # learnt before the restore
         self._wake = asyncio.Event()
+
+    def learn(self, urls: Sequence[str], named_by: str) -> list[str]:
+        """Fetch `urls` too (distribution points a certificate of `named_by` names), at once and
+        from then on; returns those that were new. A no-op without `from_certificates`. Call
+        it on the loop."""
+        if not self.config.from_certificates:
+            return []
+        if not self._restored:
+            self._early.append((tuple(urls), named_by))
+            return []
+        known = {p.url for p in self.points}
+        new = [u for u in dict.fromkeys(urls) if u not in known]
+        room = MAX_LEARNED - len(self.learned)
+        if len(new) > room:
+            log.warning("CRL distribution points from certificates: %d already, not adding %s",
+                        MAX_LEARNED, ", ".join(new[room:]))
+            new = new[:max(0, room)]
+        for url in new:
+            self.points.append(_Point(url))
+            self.learned.append(url)
+            log.info("CRL distribution point %s (named by %s) will be fetched", url, named_by)
+            self.journal.append("crl.point-learned", source=url, named_by=named_by)
+        if new:
+            self._learned_dirty = True
+            self._wake.set()
+        return new
 
     def wake(self) -> None:
         """Fetch every distribution point now (a notice of a new CRL arrived)."""
@@ -94,6 +131,19 @@ class CrlFetcher:
 
     def _restore(self) -> None:
         now_wall, now = time.time(), time.monotonic()
+        if self.config.from_certificates:
+            try:
+                learned = self.state.get(LEARNED_KEY)
+            except JournalError as e:
+                log.warning("learned CRL distribution points unreadable: %s", e)
+                learned = None
+            known = {p.url for p in self.points}
+            for url in learned if isinstance(learned, list) else []:
+                if (isinstance(url, str) and url not in known
+                        and len(self.learned) < MAX_LEARNED):
+                    self.points.append(_Point(url))
+                    self.learned.append(url)
+                    known.add(url)
         for p in self.points:
             try:
                 saved = self.state.get(f"crl-dp:{p.url}")
@@ -119,7 +169,17 @@ class CrlFetcher:
 
     async def run(self) -> None:
         await asyncio.to_thread(self._restore)
+        self._restored = True
+        for urls, named_by in self._early:
+            self.learn(urls, named_by)
+        self._early.clear()
         while True:
+            if self._learned_dirty:
+                self._learned_dirty = False
+                try:
+                    await asyncio.to_thread(self.state.put, LEARNED_KEY, list(self.learned))
+                except JournalError as e:
+                    log.warning("learned CRL distribution points not saved: %s", e)
             now = time.monotonic()
             for p in self.points:
                 if p.due <= now:

@@ -116,6 +116,8 @@ class SyncService:
         self._backlog_alarmed = False
         self._ack_ahead_alarmed = False
         self._last_progress = time.monotonic()
+        self.fetcher = CrlFetcher(config.crl, self._ingest_crl, self.state, journal,
+                                  ca_file=config.fetch_ca_file, on_result=self._crl_result)
         journal.on_commit(self._committed_threadsafe)
 
     @classmethod
@@ -161,9 +163,7 @@ class SyncService:
             manifest_keys=self.manifest_keys, command_keys=self.command_keys,
             on_policy=self.on_policy, on_crl=self.on_crl, on_command=self.on_command,
             changed=self._changes.notify, publish_status=self.request_status,
-            fetcher=CrlFetcher(self.config.crl, self._ingest_crl, self.state, self.journal,
-                               ca_file=self.config.fetch_ca_file,
-                               on_result=self._crl_result))
+            fetcher=self.fetcher)
         self._loop = asyncio.get_running_loop()
         self._check_backlog()
         try:
@@ -171,8 +171,8 @@ class SyncService:
                 tg.create_task(self._connection_loop(), name="sync-connection")
                 tg.create_task(self.inbound.run(), name="sync-inbound")
                 tg.create_task(self._purge_loop(), name="sync-purge")
-                if self.config.crl.urls:
-                    tg.create_task(self.inbound.fetcher.run(), name="sync-crl-fetch")
+                if self.config.crl.urls or self.config.crl.from_certificates:
+                    tg.create_task(self.fetcher.run(), name="sync-crl-fetch")
         finally:
             self._loop = None
 
