@@ -171,7 +171,8 @@ def test_signed_commands_open_the_door_lock_the_site_down_and_a_replay_is_refuse
     d = start(daemon_factory, broker, tmp_path, head_office)
     strikes = len([w for w in d.board.writes() if w["coil"] == STRIKE])
     unlock = sign_document(make_command("door.unlock", {"door": "front", "seconds": 0.5},
-                                        site="test", gateway="gw-test"), head_office.key)
+                                        site="test", gateway="gw-test", ttl=300),
+                           head_office.key)
     publish(broker, f"{TOPIC}/cmd", unlock, tmp_path)
     done = d.wait_event("sync.command-executed")
     assert done["action"] == "door.unlock"
