@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -142,19 +143,24 @@ def daemon_badge(pcsc: PcscRig, card: Path, journal: Journal, daemon: RigProcess
 
 
 async def run(work: Path, args: argparse.Namespace) -> int:
-    pcsc = PcscRig.start(work / "pcsc", (READER,))
-    os.environ["PCSCLITE_CSOCK_NAME"] = str(pcsc.socket)  # for pcsc.remove(wait=True)
-    cups = PrintRig.start(work / "cups", printers=(QUEUE,), findme=FINDME, driverless=True,
-                          held=True, policy=shipped_policy(), default_auth="Basic",
-                          log_level="warn")
-    daemon: RigProcess | None = None
-    users = CupsClient(host=cups.host, port=cups.cups_port, account="users",
-                       peer_credentials=False, timeout=30)
-    cfg = parse_print_config({
-        "print": {"server": str(cups.socket_path), "findme_queue": FINDME, "timeout_seconds": 30},
-        "printers": [{"name": "p1", "queue": QUEUE, "reader": READER}]}, "bench", Path)
-    direct = PrintRelease(cfg, Events())
-    try:
+    # Every process and client is stopped on the way out, each whatever the others do.
+    async with contextlib.AsyncExitStack() as stack:
+        pcsc = PcscRig.start(work / "pcsc", (READER,))
+        stack.callback(pcsc.stop)
+        os.environ["PCSCLITE_CSOCK_NAME"] = str(pcsc.socket)  # for pcsc.remove(wait=True)
+        cups = PrintRig.start(work / "cups", printers=(QUEUE,), findme=FINDME, driverless=True,
+                              held=True, policy=shipped_policy(), default_auth="Basic",
+                              log_level="warn")
+        stack.callback(cups.stop)
+        users = CupsClient(host=cups.host, port=cups.cups_port, account="users",
+                           peer_credentials=False, timeout=30)
+        stack.push_async_callback(users.close)
+        cfg = parse_print_config({
+            "print": {"server": str(cups.socket_path), "findme_queue": FINDME,
+                      "timeout_seconds": 30},
+            "printers": [{"name": "p1", "queue": QUEUE, "reader": READER}]}, "bench", Path)
+        direct = PrintRelease(cfg, Events())
+        stack.push_async_callback(direct.close)
         config, card = write_site(work, pcsc, cups)
         others = args.held - args.mine
         t0 = time.perf_counter()
@@ -165,6 +171,7 @@ async def run(work: Path, args: argparse.Namespace) -> int:
         daemon = RigProcess("portvakt", [sys.executable, "-m", "gateway.cli", "run", "--config",
                                          str(config), "--state-dir", str(state)],
                             work / "portvakt.log")
+        stack.callback(daemon.stop)
         journal = Journal(state / "portvakt.db")
 
         def indexed() -> bool:
@@ -211,13 +218,6 @@ async def run(work: Path, args: argparse.Namespace) -> int:
                   f"{took * 1000:.1f} ms", file=sys.stderr)
         report(args, times)
         return 0 if statistics.median(times["daemon"]) * 1000 <= TARGET_P50_MS else 1
-    finally:
-        await direct.close()
-        await users.close()
-        if daemon is not None:
-            daemon.stop()
-        cups.stop()
-        pcsc.stop()
 
 
 def report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:

@@ -283,15 +283,18 @@ class Gateway:
         if (fetcher is None or not fetcher.config.from_certificates
                 or not isinstance(verdict, Validated)):
             return
-        digest = hashlib.sha256(read.certificates[0]).digest()
-        if digest in self.dp_seen:
-            return
-        if len(self.dp_seen) >= 4096:
-            self.dp_seen.clear()
-        self.dp_seen.add(digest)
-        leaf = self.trust.leaf(read.certificates)
-        if leaf is not None:
-            fetcher.learn(distribution_points(leaf), leaf.subject.rfc4514_string())
+        try:
+            digest = hashlib.sha256(read.certificates[0]).digest()
+            if digest in self.dp_seen:
+                return
+            if len(self.dp_seen) >= 4096:
+                self.dp_seen.clear()
+            self.dp_seen.add(digest)
+            leaf = self.trust.leaf(read.certificates)
+            if leaf is not None:
+                fetcher.learn(distribution_points(leaf), leaf.subject.rfc4514_string())
+        except Exception:  # never the reader's problem
+            log.exception("reading a card certificate's CRL distribution points failed")
 
     def _journal_fault_threadsafe(self, error: str | None) -> None:
         """The journal's disk failed or recovered (writer thread): head office's status shows
@@ -662,8 +665,9 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await board.close()
         self.journal.append("gateway.stopped")
-        self.journal.flush()
-        self.journal.close()
+        # Off the loop: a refusing disk can hold the writer for seconds (the doors are locked).
+        await asyncio.to_thread(self.journal.flush)
+        await asyncio.to_thread(self.journal.close)
         with contextlib.suppress(Exception):
             self.policy.store.close()
 

@@ -6,7 +6,7 @@ on disk within milliseconds while a door never waits for it. If a write fails th
 memory, `fault` is set (and `on_fault` listeners told), and the writer retries; once the disk
 takes them again a `journal.recovered` event records how long it refused and why. Events still
 held when the journal closes are written to a side file (`<journal>.held`, JSON lines, mode 0600)
-and put into the database the next time it opens (`journal.restored`).
+and put into the database by the first commit after the next open (`journal.restored`).
 
 The journal is also the MQTT outbox (gateway/sync): every event with a sequence number above the
 acknowledged high-water mark (`acked`, head office's `events/ack`) is still to be delivered.
@@ -126,7 +126,6 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = connect(path)
             migrate(self._conn)
-            restored = self._restore_held()
             row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
             acked = self._conn.execute("SELECT value FROM meta WHERE key = ?",
                                        (ACKED_KEY,)).fetchone()
@@ -134,8 +133,11 @@ class Journal:
         except sqlite3.Error as e:
             raise JournalError(f"{path}: cannot open the journal: {e}") from e
         self._acked = int(acked[0]) if acked is not None else 0
+        # Events a previous run could not write: the writer's first commit puts them in (the
+        # disk may still refuse; then they wait with the rest, and the file stays meanwhile).
+        self._held_rows, held_max = self._read_held()
         # Purged (acknowledged) events leave no row behind: the mark keeps the sequence going up.
-        self._next = max(int(row[0] or 0), self._acked) + 1
+        self._next = max(int(row[0] or 0), self._acked, held_max) + 1
         self._seq_lock = threading.RLock()  # a listener may append in turn
         self._read_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Event | _Op | None] = queue.SimpleQueue()
@@ -148,25 +150,30 @@ class Journal:
         self._fault_since: float | None = None
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
-        if restored:
-            self.append("journal.restored", reason="journal-fault", events=restored)
+        if self._held_rows:
+            self.append("journal.restored", reason="journal-fault", events=len(self._held_rows))
 
     @property
     def held_file(self) -> Path:
         """Where events the disk refused until the journal closed wait for the next start."""
         return self.path.with_name(self.path.name + ".held")
 
-    def _restore_held(self) -> int:
-        """Put the events of a previous run's side file into the database; returns how many.
-        Lines that do not parse (a crash mid-write) are kept aside in `<file>.rejected`."""
+    def _read_held(self) -> tuple[list[tuple[Any, ...]], int]:
+        """The events of a previous run's side file, as rows for the writer's first commit, and
+        the highest sequence number among them (0: none). Lines that do not parse (a crash
+        mid-write) are kept aside in `<file>.<time>.rejected`. A file that cannot be read is
+        left where it is, named in the log: the journal opens without it."""
         held = self.held_file
         try:
             lines = held.read_bytes().splitlines()
         except FileNotFoundError:
-            return 0
+            return [], 0
         except OSError as e:
-            raise sqlite3.OperationalError(f"cannot read {held}: {e}") from e
-        rows, bad = [], []
+            log.critical("%s: cannot read the events held from a previous run (%s); left there "
+                         "for an operator, the journal goes on without them", held, e)
+            return [], 0
+        rows: list[tuple[Any, ...]] = []
+        bad: list[bytes] = []
         for line in lines:
             try:
                 doc = json.loads(line)
@@ -175,25 +182,17 @@ class Journal:
                              json.dumps(doc.get("data") or {}, separators=(",", ":"))))
             except (ValueError, KeyError, TypeError, AttributeError):
                 bad.append(line)
-        self._conn.execute("BEGIN")
-        try:
-            # A row already there came from a commit whose success the writer never saw.
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO events (seq, at, kind, door, person, reason, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
         if bad:
             rejected = held.with_name(held.name + f".{int(time.time())}.rejected")
-            rejected.write_bytes(b"\n".join(bad) + b"\n")
-            rejected.chmod(0o600)
-            log.error("%s: %d lines could not be read back; kept in %s", held, len(bad), rejected)
-        held.unlink()
-        log.warning("%s: %d events the disk refused last time are now in the journal",
-                    held, len(rows))
-        return len(rows)
+            try:
+                _write_private(rejected, b"\n".join(bad) + b"\n")
+            except OSError as e:
+                log.error("%s: %d lines could not be read back, nor kept aside in %s (%s)",
+                          held, len(bad), rejected, e)
+            else:
+                log.error("%s: %d lines could not be read back; kept in %s", held, len(bad),
+                          rejected)
+        return rows, max((r[0] for r in rows), default=0)
 
     def _hold(self, pending: list[Event]) -> None:
         """The journal closes while the disk refuses: keep `pending` in the side file."""
@@ -201,14 +200,7 @@ class Journal:
                                      "person": e.person, "reason": e.reason, "data": e.data},
                                     separators=(",", ":")).encode() + b"\n" for e in pending)
         try:
-            fd = os.open(self.held_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                view = memoryview(lines)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_private(self.held_file, lines, append=True)
         except OSError as e:
             log.critical("journal closing with %d events the disk refused, and %s cannot take "
                          "them either (%s): events %d..%d are lost", len(pending),
@@ -351,14 +343,19 @@ class Journal:
             # Inside the lock: listeners see events in sequence order even when threads race
             # (the live event stream drops anything older than what it has passed on).
             for listener in self._listeners:
-                listener(ev)
+                try:
+                    listener(ev)
+                except Exception:  # never the appender's problem (a door, the writer thread)
+                    log.exception("journal listener failed")
         return ev
 
     def _writer(self) -> None:
         pending: list[Event] = []
         ops: list[_Op] = []
         stopping = False
-        while not (stopping and not pending and not ops):
+        # Stopping, the loop still takes what was queued after the sentinel (journal.recovered
+        # from the last commit, an append racing close()).
+        while not (stopping and not pending and not ops and self._queue.empty()):
             if not pending and not ops:
                 item = self._queue.get()
                 if item is None:
@@ -383,6 +380,10 @@ class Journal:
                 continue
             try:
                 self._conn.execute("BEGIN")
+                if self._held_rows:  # a row already there came from a commit never confirmed
+                    self._conn.executemany(
+                        "INSERT OR IGNORE INTO events (seq, at, kind, door, person, reason, "
+                        "data) VALUES (?, ?, ?, ?, ?, ?, ?)", self._held_rows)
                 self._conn.executemany(
                     "INSERT INTO events (seq, at, kind, door, person, reason, data) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -400,12 +401,24 @@ class Journal:
                     self._fault_since = time.time()
                     self._fault_changed(self.fault)
                 if stopping:
+                    # Whatever was appended meanwhile goes with them.
+                    while True:
+                        try:
+                            item = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if isinstance(item, Event):
+                            pending.append(item)
+                        elif isinstance(item, _Op):
+                            ops.append(item)
                     self._hold(pending)
                     for op in ops:
                         op.future.set_exception(JournalError(f"journal closed: {e}"))
                     break
                 time.sleep(0.5)  # back off before retrying the disk
                 continue
+            if self._held_rows:
+                self._restored()
             if self.fault is not None:
                 self._recovered(len(pending))
             with self._committed:
@@ -418,6 +431,18 @@ class Journal:
                     log.exception("journal commit listener failed")
             pending = []
             ops = self._run_ops(ops)
+
+    def _restored(self) -> None:
+        """The previous run's held events are in the database: the side file goes."""
+        count, self._held_rows = len(self._held_rows), []
+        try:
+            self.held_file.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # read again next time: INSERT OR IGNORE makes that harmless
+            log.error("%s: cannot remove (%s)", self.held_file, e)
+        log.warning("%s: the %d events the disk refused in a previous run are in the journal",
+                    self.held_file, count)
 
     def _recovered(self, held: int) -> None:
         """The disk took the events again: clear the fault and journal the gap it left."""
@@ -459,11 +484,12 @@ class Journal:
     def close(self) -> None:
         self._queue.put(None)
         # A refusing disk can take two busy timeouts (5 s each) before the writer gives up and
-        # keeps what it holds in the side file.
+        # keeps what it holds in the side file. Wait for it whatever it takes: a second journal
+        # opened on this database while the first still writes would reuse sequence numbers.
         self._thread.join(15)
-        if self._thread.is_alive():
-            log.error("journal writer still busy after 15 s; leaving it to finish")
-            return
+        while self._thread.is_alive():
+            log.error("journal writer still busy writing to %s; waiting for it", self.path)
+            self._thread.join(15)
         self._conn.close()
         with self._read_lock:
             self._reader.close()
@@ -475,6 +501,27 @@ class Journal:
             return read_events(conn, self.gateway, kind, after, limit)
         finally:
             conn.close()
+
+
+def _write_private(path: Path, data: bytes, *, append: bool = False) -> None:
+    """Write `data` to `path` (mode 0600 from its creation), fsync it and, when the file is new,
+    its directory: it must survive a power cut. Raises OSError."""
+    existed = path.exists()
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not existed:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def _log_failure(future: concurrent.futures.Future[Any]) -> None:

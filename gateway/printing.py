@@ -120,17 +120,17 @@ class Printing:
         self.journal.append("access.granted" if decision.granted else "access.denied",
                             printer=name, person=decision.person, reason=decision.reason,
                             **decision_fields(item, verdict, decision))
-        if self.on_verdict is not None:
-            self.on_verdict(item, verdict)
         if not (decision.granted and "release" in decision.actions
                 and isinstance(verdict, Validated) and policy is not None
                 and decision.person is not None):
             printer.last_result = "denied"
             self._signal(printer, False)
-            return
-        owners = policy.releasable_owners(decision.person, now)
-        printer.busy = True  # until the release ends; the reader goes on meanwhile
-        self._spawn(self._release(printer, decision.person, owners), f"release at {name}")
+        else:
+            owners = policy.releasable_owners(decision.person, now)
+            printer.busy = True  # until the release ends; the reader goes on meanwhile
+            self._spawn(self._release(printer, decision.person, owners), f"release at {name}")
+        if self.on_verdict is not None:
+            self.on_verdict(item, verdict)  # the daemon's learn_crl_points: never raises
 
     async def _release(self, printer: PrinterRuntime, person: str,
                        owners: frozenset[str]) -> None:

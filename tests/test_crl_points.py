@@ -103,6 +103,18 @@ async def test_learned_points_are_fetched_at_once_and_remembered_across_restarts
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             assert dp.requests("issuing.crl") == 1
+            # Its supervisor restarts it (the same object): a point learned while it restores
+            # is kept, nothing is doubled.
+            task = asyncio.create_task(fetcher.run())
+            try:
+                fetcher.learn([url, "http://pki.example/late.crl"], "CN=Carol")
+                while not fetcher._restored:
+                    await asyncio.sleep(0.01)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            urls = [p.url for p in fetcher.points]
+            assert len(urls) == len(set(urls)) == MAX_LEARNED
             learned = journal.events("crl.point-learned")
             assert (learned[0].data["source"], learned[0].data["named_by"]) == (url, "CN=Alice")
             assert len(learned) == MAX_LEARNED

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import JournalError
-from gateway.journal import MIGRATIONS, SCHEMA_VERSION, Journal, migrate
+from gateway.journal import MIGRATIONS, SCHEMA_VERSION, Event, Journal, migrate
 
 
 def make_db_at_version(path: Path, version: int) -> None:
@@ -220,19 +220,64 @@ def test_events_the_disk_refuses_until_close_wait_in_a_side_file_for_the_next_st
     # A torn last line (a crash mid-write) is kept aside, not fatal and not silently dropped.
     with j.held_file.open("ab") as f:
         f.write(b'{"seq": 9, "at": 1.0, "ki')
+    # The next start finds the database locked again: the journal opens all the same (doors
+    # must work), numbers new events after the held ones, and writes them all once it can.
+    blocker = sqlite3.connect(db, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
     again = Journal(db, "gw")
     try:
+        again._conn.execute("PRAGMA busy_timeout=0")
+        assert not again.flush(timeout=0.3) and again.fault is not None
+        assert again.held_file.exists()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert again.flush(timeout=5)
         assert not again.held_file.exists()
-        assert again.flush()
+        assert again.flush(timeout=5)  # journal.recovered, appended by that commit
         events = again.events()
         assert [e.kind for e in events] == ["before", "door.unlocked", "door.locked",
-                                            "journal.restored"]
-        assert [e.seq for e in events] == [1, 2, 3, 4]
+                                            "journal.restored", "journal.recovered"]
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
         assert (events[1].door, events[1].person, events[1].reason, events[1].data) == (
             "front", "p-alice", "granted", {"n": 1})
         assert events[3].data == {"events": 2}
         (rejected,) = tmp_path.glob("j.db.held.*.rejected")
         assert rejected.read_bytes() == b'{"seq": 9, "at": 1.0, "ki\n'
-        assert again.append("next").seq == 5
+        assert again.append("next").seq == 6
     finally:
         again.close()
+
+
+def test_journal_recovered_on_the_last_commit_before_close_is_not_lost(tmp_path: Path):
+    db = tmp_path / "j.db"
+    j = Journal(db, "gw")
+    blocker = sqlite3.connect(db, isolation_level=None, timeout=0)
+    j._conn.execute("PRAGMA busy_timeout=0")
+    blocker.execute("BEGIN IMMEDIATE")
+    j.append("during")
+    assert not j.flush(timeout=0.3)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    j.close()  # the commit at close succeeds: its journal.recovered must still be written
+    again = Journal(db, "gw")
+    try:
+        assert [e.kind for e in again.events()] == ["during", "journal.recovered"]
+        assert again.append("next").seq == 3
+        assert not again.held_file.exists()
+    finally:
+        again.close()
+
+
+def test_a_listener_that_raises_neither_stops_the_appender_nor_the_writer(tmp_path: Path):
+    j = Journal(tmp_path / "j.db", "gw")
+    try:
+        def broken(ev: Event) -> None:
+            raise RuntimeError("the loop is closed")
+
+        j.subscribe(broken)
+        j.append("one")
+        j.append("two")
+        assert j.flush(timeout=5) and j.fault is None
+        assert [e.kind for e in j.events()] == ["one", "two"]
+    finally:
+        j.close()

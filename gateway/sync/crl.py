@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_LEARNED = 32  # distribution points taken from certificates (a site has a handful of CAs)
 LEARNED_KEY = "crl-dp-learned"
+FETCHES_AT_ONCE = 4
 
 
 def to_der(data: bytes) -> bytes:
@@ -129,32 +130,44 @@ class CrlFetcher:
             p.due = 0.0
         self._wake.set()
 
-    def _restore(self) -> None:
-        now_wall, now = time.time(), time.monotonic()
+    def _load(self, urls: list[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        """On a worker thread: the learned points saved by an earlier run, and the fetch state
+        saved for each point (`urls` and those learned)."""
+        learned: list[str] = []
         if self.config.from_certificates:
             try:
-                learned = self.state.get(LEARNED_KEY)
+                got = self.state.get(LEARNED_KEY)
             except JournalError as e:
                 log.warning("learned CRL distribution points unreadable: %s", e)
-                learned = None
-            known = {p.url for p in self.points}
-            for url in learned if isinstance(learned, list) else []:
-                if (isinstance(url, str) and url not in known
-                        and len(self.learned) < MAX_LEARNED):
-                    self.points.append(_Point(url))
-                    self.learned.append(url)
-                    known.add(url)
-        for p in self.points:
+                got = None
+            learned = [u for u in got if isinstance(u, str)] if isinstance(got, list) else []
+        saved: dict[str, dict[str, Any]] = {}
+        for url in dict.fromkeys([*urls, *learned]):
             try:
-                saved = self.state.get(f"crl-dp:{p.url}")
+                value = self.state.get(f"crl-dp:{url}")
             except JournalError as e:
-                log.warning("CRL fetch state unreadable, fetching %s now: %s", p.url, e)
-                saved = None
-            if not isinstance(saved, dict):
+                log.warning("CRL fetch state unreadable, fetching %s now: %s", url, e)
                 continue
-            p.etag, p.last_modified = saved.get("etag"), saved.get("last_modified")
-            p.sha256, p.next_update = saved.get("sha256"), saved.get("next_update")
-            p.fetched_at = float(saved.get("fetched_at", 0.0))
+            if isinstance(value, dict):
+                saved[url] = value
+        return learned, saved
+
+    def _restore(self, learned: list[str], saved: dict[str, dict[str, Any]]) -> None:
+        """On the loop: add the saved learned points, then set each point's saved state."""
+        known = {p.url for p in self.points}
+        for url in learned:
+            if url not in known and len(self.learned) < MAX_LEARNED:
+                self.points.append(_Point(url))
+                self.learned.append(url)
+                known.add(url)
+        now_wall, now = time.time(), time.monotonic()
+        for p in self.points:
+            value = saved.get(p.url)
+            if value is None:
+                continue
+            p.etag, p.last_modified = value.get("etag"), value.get("last_modified")
+            p.sha256, p.next_update = value.get("sha256"), value.get("next_update")
+            p.fetched_at = float(value.get("fetched_at", 0.0))
             p.due = now + max(0.0, self._next_due(p, p.fetched_at) - now_wall)
 
     def _next_due(self, p: _Point, after: float) -> float:
@@ -168,22 +181,32 @@ class CrlFetcher:
         return due
 
     async def run(self) -> None:
-        await asyncio.to_thread(self._restore)
+        """Fetch until cancelled. May run again after that (a supervisor's restart)."""
+        self._restored = False  # points learned meanwhile wait for the restore
+        learned, saved = await asyncio.to_thread(self._load, [p.url for p in self.points])
+        self._restore(learned, saved)
         self._restored = True
-        for urls, named_by in self._early:
+        early, self._early = self._early, []
+        for urls, named_by in early:
             self.learn(urls, named_by)
-        self._early.clear()
+        gate = asyncio.Semaphore(FETCHES_AT_ONCE)
+
+        async def attempt(p: _Point) -> None:
+            async with gate:
+                await self._attempt(p)
+
         while True:
             if self._learned_dirty:
-                self._learned_dirty = False
                 try:
                     await asyncio.to_thread(self.state.put, LEARNED_KEY, list(self.learned))
-                except JournalError as e:
+                    self._learned_dirty = False
+                except JournalError as e:  # tried again at the next round
                     log.warning("learned CRL distribution points not saved: %s", e)
             now = time.monotonic()
-            for p in self.points:
-                if p.due <= now:
-                    await self._attempt(p)
+            # Together (a few at a time): a point that does not answer never holds up the
+            # others, nor a notice's early fetch.
+            due = [p for p in self.points if p.due <= now]
+            await asyncio.gather(*(attempt(p) for p in due))
             self._wake.clear()
             wait = min((p.due for p in self.points), default=None)
             try:
