@@ -154,6 +154,12 @@ class Gateway:
         self.journal.close()
         self.store.close()
 
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def make_gateway(directory: Path, config: SyncConfig, keys: HqKeys, *, gateway: str = "gw-1",
                  site: str = SITE, trust: TrustStore | None = None) -> Gateway:

@@ -36,8 +36,7 @@ async def test_events_stay_in_the_outbox_while_the_collector_is_away_until_it_ac
         await collector.wait_for(lambda: collector.info.connected)
     # ... and the collector is down while the broker is up.
     cfg = sync_config(sync_broker, tmp_path / "gw", hq_keys, user=f"{SITE}/gw-1")
-    gw = make_gateway(tmp_path / "gw", cfg, hq_keys)
-    try:
+    with make_gateway(tmp_path / "gw", cfg, hq_keys) as gw:
         async with running(gw.service):
             for i in range(20):
                 gw.journal.append("access.granted", door="main", person=f"p{i}")
@@ -50,8 +49,6 @@ async def test_events_stay_in_the_outbox_while_the_collector_is_away_until_it_ac
         assert gw.journal.backlog == 0
         assert stored(tmp_path / "hq" / "hq.db") == list(range(1, 21))
         assert gw.service.info.resends == 0  # the broker's queue delivered them, once
-    finally:
-        gw.close()
 
 
 async def test_events_the_broker_dropped_for_want_of_a_subscriber_are_sent_again(

@@ -54,8 +54,7 @@ async def test_a_gateway_posing_as_another_cannot_publish_its_events(
     # gw-1's credentials, gw-2's topics: every publish is refused (MQTT v5 PUBACK 135), and a
     # refused publish never counts as sent.
     cfg = sync_config(sync_broker, tmp_path / "gw", hq_keys, user=f"{SITE}/gw-1")
-    gw = make_gateway(tmp_path / "gw", cfg, hq_keys, gateway="gw-2")
-    try:
+    with make_gateway(tmp_path / "gw", cfg, hq_keys, gateway="gw-2") as gw:
         async with running(gw.service):
             mosquitto_pub(sync_broker, f"portvakt/{SITE}/gw-2/policy", bundle(1, hq_keys.policy),
                           tmp_path)
@@ -65,8 +64,6 @@ async def test_a_gateway_posing_as_another_cannot_publish_its_events(
         assert gw.service.info.sent == 0
         assert gw.journal.backlog == 1
         assert gw.outcomes == []  # nor did it read gw-2's policy
-    finally:
-        gw.close()
 
 
 async def test_a_broker_certificate_from_another_ca_is_refused(
@@ -74,14 +71,11 @@ async def test_a_broker_certificate_from_another_ca_is_refused(
     other_ca, _ = make_ca(tmp_path / "other", "other-ca")
     cfg = replace(sync_config(sync_broker, tmp_path / "gw", hq_keys, user=f"{SITE}/gw-1"),
                   ca_file=other_ca)
-    gw = make_gateway(tmp_path / "gw", cfg, hq_keys)
-    try:
+    with make_gateway(tmp_path / "gw", cfg, hq_keys) as gw:
         async with running(gw.service):
             await gw.service.wait_for(lambda: gw.service.info.last_error is not None)
         assert "certificate verify failed" in (gw.service.info.last_error or "")
         assert gw.service.info.connects == 0
-    finally:
-        gw.close()
 
 
 async def test_a_wrong_password_is_refused(sync_broker: Mosquitto, tmp_path: Path,
@@ -89,14 +83,11 @@ async def test_a_wrong_password_is_refused(sync_broker: Mosquitto, tmp_path: Pat
     cfg = sync_config(sync_broker, tmp_path / "gw", hq_keys, user=f"{SITE}/gw-1")
     assert cfg.password_file is not None
     cfg.password_file.write_text("not-the-password\n")
-    gw = make_gateway(tmp_path / "gw", cfg, hq_keys)
-    try:
+    with make_gateway(tmp_path / "gw", cfg, hq_keys) as gw:
         async with running(gw.service):
             await gw.service.wait_for(lambda: gw.service.info.last_error is not None)
         assert "Not authorized" in (gw.service.info.last_error or "")
         assert gw.service.info.connects == 0
-    finally:
-        gw.close()
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
@@ -168,13 +159,10 @@ async def test_client_certificates_replace_passwords_and_the_acl_still_holds(
         finally:
             gw.close()
         # Without a certificate the TLS listener refuses the gateway.
-        gw = make_gateway(tmp_path / "gw2", with_password, hq_keys)
-        try:
+        with make_gateway(tmp_path / "gw2", with_password, hq_keys) as gw:
             async with running(gw.service):
                 await gw.service.wait_for(lambda: gw.service.info.last_error is not None)
             assert gw.service.info.connects == 0
             assert "CERTIFICATE_REQUIRED" in (gw.service.info.last_error or "")
-        finally:
-            gw.close()
     finally:
         broker.stop()

@@ -111,8 +111,7 @@ async def test_a_command_is_carried_out_once_and_its_replay_refused_even_after_a
         sync_broker: Mosquitto, tmp_path: Path, hq_keys: HqKeys) -> None:
     cfg = sync_config(sync_broker, tmp_path / "gw", hq_keys, user=f"{SITE}/gw-1")
     unlock = command(hq_keys, ttl=300)  # still valid after the restart, however slow the machine
-    gw = make_gateway(tmp_path / "gw", cfg, hq_keys)
-    try:
+    with make_gateway(tmp_path / "gw", cfg, hq_keys) as gw:
         async with running(gw.service):
             await gw.service.wait_for(lambda: gw.service.info.connected)
             mosquitto_pub(sync_broker, CMD, unlock, tmp_path)
@@ -122,8 +121,6 @@ async def test_a_command_is_carried_out_once_and_its_replay_refused_even_after_a
         assert [(c.action, dict(c.args)) for c in gw.commands] == [
             ("door.unlock", {"door": "main", "seconds": 5})]
         assert gw.service.info.commands == {"executed": 1, "refused": 1, "failed": 0}
-    finally:
-        gw.close()
     again = make_gateway(tmp_path / "gw", cfg, hq_keys)  # the gateway restarted
     try:
         async with running(again.service):
