@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,39 @@ pytest_plugins = [
     "tests.fixtures_cups",
     "tests.fixtures_daemon",
 ]
+
+
+def _children() -> dict[int, str]:
+    """This process's child processes (zombies too: not reaped is leaked), pid -> command."""
+    me, out = os.getpid(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after it.
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == me:
+            out[int(entry.name)] = cmd.strip() or stat[stat.index("(") + 1:stat.rindex(")")]
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_processes():
+    """Fail the run if any process a fixture or test started outlives every fixture (each is
+    stopped by PID; a leak here is a rig that forgot to stop or reap one)."""
+    before = set(_children())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = {pid: cmd for pid, cmd in _children().items() if pid not in before}
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"processes left running after the tests: {leaked}"
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,12 @@ head office see the fault, and every event reaches the disk, in order, once it t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from gateway.rig.proc import wait_until
@@ -15,6 +18,27 @@ from tests.test_doctor import doctor
 
 def strike_values(d: Daemon, since: int) -> list[bool]:
     return [w["value"] for w in d.board.writes() if w["coil"] == STRIKE][since:]
+
+
+@contextlib.contextmanager
+def write_locked(db: Path) -> Iterator[None]:
+    """Another process holds the database's write lock (as a technician's sqlite3 shell could):
+    every commit the daemon tries fails once its busy timeout runs out."""
+    blocker = sqlite3.connect(db, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def badge_opens_the_door(d: Daemon, pcsc_rig: Any, card: Path) -> None:
+    """The card at the door: the strike pulses (unlocked, then locked again)."""
+    before = len(strike_values(d, 0))
+    pcsc_rig.insert("Door0", card)
+    wait_until(lambda: strike_values(d, before)[:2] == [True, False], 10, "strike pulse")
+    pcsc_rig.remove("Door0", wait=True)
 
 
 def test_a_journal_that_cannot_write_keeps_the_door_deciding_and_loses_nothing(
@@ -28,16 +52,9 @@ def test_a_journal_that_cannot_write_keeps_the_door_deciding_and_loses_nothing(
     follower.connect(str(daemon.state / "control.sock"))
     follower.sendall(json.dumps({"id": 1, "cmd": "events.follow", "after": last}).encode() + b"\n")
     stream = follower.makefile("rb")
-    # Another process holds the database's write lock (as a technician's sqlite3 shell could):
-    # every commit the daemon tries fails once its busy timeout runs out.
-    blocker = sqlite3.connect(daemon.db, isolation_level=None, timeout=0)
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
-        before = len(strike_values(daemon, 0))
-        pcsc_rig.insert("Door0", demo_pki.cards["alice"])
+    with write_locked(daemon.db), follower, stream:
         # The door opens and relocks without waiting for the disk...
-        wait_until(lambda: strike_values(daemon, before)[:2] == [True, False], 10, "strike pulse")
-        pcsc_rig.remove("Door0", wait=True)
+        badge_opens_the_door(daemon, pcsc_rig, demo_pki.cards["alice"])
         # ...the live stream carries the decision although it is not on disk...
         seen: list[dict[str, Any]] = []
         while not seen or seen[-1]["kind"] != "access.granted":
@@ -49,10 +66,6 @@ def test_a_journal_that_cannot_write_keeps_the_door_deciding_and_loses_nothing(
         r = doctor(daemon)
         assert r.returncode == 1 and "JOURNAL FAULT" in r.stdout, r.stdout
         assert not daemon.events("access.granted")  # held in memory, not lost
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
-        follower.close()
     gap = daemon.wait_event("journal.recovered")
     assert gap["reason"] == "journal-fault" and "locked" in gap["error"] and gap["held"] >= 1
     assert daemon.events("access.granted")[0]["person"] == "p-alice"
@@ -64,13 +77,8 @@ def test_a_journal_that_cannot_write_keeps_the_door_deciding_and_loses_nothing(
 def test_stopped_while_the_journal_cannot_write_the_next_start_puts_the_events_in(
         daemon: Daemon, pcsc_rig, demo_pki, tmp_path):
     daemon.wait_event("board.online")
-    blocker = sqlite3.connect(daemon.db, isolation_level=None, timeout=0)
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
-        before = len(strike_values(daemon, 0))
-        pcsc_rig.insert("Door0", demo_pki.cards["alice"])
-        wait_until(lambda: strike_values(daemon, before)[:2] == [True, False], 10, "strike pulse")
-        pcsc_rig.remove("Door0", wait=True)
+    with write_locked(daemon.db):
+        badge_opens_the_door(daemon, pcsc_rig, demo_pki.cards["alice"])
         wait_until(lambda: daemon.ask({"cmd": "status"})["journal_fault"], 15, "journal fault")
         daemon.proc.stop(timeout=25)  # SIGTERM: the daemon closes with the events unwritten
         assert daemon.proc.popen.returncode == 0
@@ -78,9 +86,6 @@ def test_stopped_while_the_journal_cannot_write_the_next_start_puts_the_events_i
         assert held.stat().st_mode & 0o777 == 0o600
         kinds = [json.loads(line)["kind"] for line in held.read_text().splitlines()]
         assert "access.granted" in kinds and "gateway.stopped" in kinds, kinds
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     restarted = Daemon(start_daemon(tmp_path, daemon.config, daemon.state, "portvakt-again"),
                        daemon.db, daemon.board, daemon.state, daemon.config, daemon.bundle,
                        daemon.office)
