@@ -102,9 +102,11 @@ class Daemon:
 
 def write_config(path: Path, pki: DemoPki, board_port: int, socket: Path, *,
                  bundle: Path | None = None, key: Path | None = None, board: str = "",
-                 board_extra: str = "", door: str = "", crls: list[Path] | None = None) -> None:
+                 board_extra: str = "", door: str = "", crls: list[Path] | None = None,
+                 intermediates: list[Path] | None = None) -> None:
     policy = f'[policy]\nbundle = "{bundle}"\nkeys = ["{key}"]\n' if bundle else ""
     crl_files = crls if crls is not None else [pki.crl, pki.root.parent / "root.crl"]
+    cas = [pki.issuing, *(intermediates or [])]
     path.write_text(f"""
 [gateway]
 id = "gw-test"
@@ -114,7 +116,7 @@ pcsc_socket = "{socket}"
 aids = ["A000000308000010000100", "F0504F525456414B5401"]
 [trust]
 anchors = ["{pki.root}"]
-intermediates = ["{pki.issuing}"]
+intermediates = [{", ".join(f'"{c}"' for c in cas)}]
 crls = [{", ".join(f'"{c}"' for c in crl_files)}]
 [[trust.profiles]]
 name = "piv"
@@ -156,7 +158,8 @@ def daemon_factory(tmp_path: Path, demo_pki: DemoPki, pcsc_rig: PcscRig, head_of
 
     def start(*, board_toml: str = "", board_extra: str = "", door_toml: str = "", serial: str | None = None,
               timers: bool = True, coils: int = 16,
-              policy: dict[str, Any] | None = None, crls: list[Path] | None = None) -> Daemon:
+              policy: dict[str, Any] | None = None, crls: list[Path] | None = None,
+              intermediates: list[Path] | None = None) -> Daemon:
         n = len(started)
         board = RelayBoardRig.start(tmp_path / f"board{n}", serial=serial, timers=timers,
                                     coils=coils)
@@ -169,7 +172,7 @@ def daemon_factory(tmp_path: Path, demo_pki: DemoPki, pcsc_rig: PcscRig, head_of
         head_office.publish(bundle, policy or POLICY, 1)
         write_config(cfg, demo_pki, board.port, pcsc_rig.socket, bundle=bundle,
                      key=head_office.public, board=board_toml, board_extra=board_extra,
-                     door=door_toml, crls=crls)
+                     door=door_toml, crls=crls, intermediates=intermediates)
         state = tmp_path / f"state{n}"
         proc = start_daemon(tmp_path, cfg, state, f"portvakt{n}")
         started.append((proc, board))

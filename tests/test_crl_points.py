@@ -146,18 +146,38 @@ async def test_without_from_certificates_nothing_is_learned(tmp_path: Path) -> N
 
 def test_a_card_names_its_crl_point_and_the_daemon_fetches_it_without_a_configured_url(
         daemon_factory: Any, pcsc_rig: Any, demo_pki: Any, tmp_path: Path) -> None:
-    """A [crl] table without urls: Alice's new card names where its CA publishes its CRL; her
-    first badge opens the door, the gateway fetches that CRL (which revokes the card), and her
-    second badge is refused as revoked."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    """A [crl] table without urls. A second CA certificate in the trust store names where the
+    root publishes its CRL: fetched at start. Alice's new card names where its CA publishes its
+    CRL; her first badge opens the door, the gateway fetches that CRL (which revokes the card),
+    and her second badge is refused as revoked."""
+    from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
+    from gateway.pki_demo import make_issuing_ca
     from readers.virtual.cardfile import read_card, write_card
 
     ca = x509.load_pem_x509_certificate(demo_pki.issuing.read_bytes())
     ca_key = load_pem_private_key((demo_pki.issuing.parent / "issuing.key").read_bytes(), None)
+    root = x509.load_pem_x509_certificate(demo_pki.root.read_bytes())
+    root_key = load_pem_private_key((demo_pki.root.parent / "root.key").read_bytes(), None)
     www = tmp_path / "www"
     www.mkdir()
     with FileServer.start(www, tmp_path / "http", tls=False) as dp:
+        # The root's CRL number 2 (the files have number 1), named by a second CA's certificate.
+        crlgen.write_crl(www / "root.crl", root, root_key, 0, crl_number=2)  # type: ignore[arg-type]
+        second, _ = make_issuing_ca(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                  "Second CA")]),
+                                    root, root_key, NOW)  # type: ignore[arg-type]
+        # make_issuing_ca adds no CRL distribution point: re-sign its certificate with one.
+        b = (x509.CertificateBuilder().subject_name(second.subject).issuer_name(second.issuer)
+             .public_key(second.public_key()).serial_number(second.serial_number)
+             .not_valid_before(second.not_valid_before_utc)
+             .not_valid_after(second.not_valid_after_utc))
+        for ext in second.extensions:
+            b = b.add_extension(ext.value, ext.critical)
+        second = b.add_extension(x509.CRLDistributionPoints([point(dp.url("root.crl"))]),
+                                 critical=False).sign(root_key, hashes.SHA384())  # type: ignore[arg-type]
+        second_pem = tmp_path / "second-ca.pem"
+        second_pem.write_bytes(second.public_bytes(Encoding.PEM))
         url = dp.url("issuing.crl")
         old = read_card(demo_pki.cards["alice"]).certificate
         key = ec.generate_private_key(ec.SECP256R1())
@@ -173,17 +193,21 @@ def test_a_card_names_its_crl_point_and_the_daemon_fetches_it_without_a_configur
         crlgen.write_crl(www / "issuing.crl", ca, ca_key, 5,  # type: ignore[arg-type]
                          include=[new.serial_number], crl_number=5)
 
-        d = daemon_factory(door_toml="\n[crl]\nretry_seconds = 0.5\n")
+        d = daemon_factory(door_toml="\n[crl]\nretry_seconds = 0.5\n",
+                           intermediates=[second_pem])
+        from_ca = d.wait_event("crl.point-learned")
+        assert from_ca["source"] == dp.url("root.crl") and "Second CA" in from_ca["named_by"]
+        assert d.wait_event("crl.installed")["source"] == dp.url("root.crl")
         assert dp.requests("issuing.crl") == 0  # nothing names it yet
         pcsc_rig.insert("Door0", card)
         assert d.wait_event("access.granted")["person"] == "p-alice"
         pcsc_rig.remove("Door0", wait=True)
-        learned = d.wait_event("crl.point-learned")
+        learned = d.wait_event("crl.point-learned", 2)
         assert learned["source"] == url and "Alice" in learned["named_by"]
-        assert d.wait_event("crl.installed")["source"] == url
+        assert d.wait_event("crl.installed", 2)["source"] == url
         assert 5 in {c["number"] for c in d.ask({"cmd": "status"})["crls"]}
         pcsc_rig.insert("Door0", card)
         denied = d.wait_event("access.denied")
         assert denied["reason"] == "revoked"
         pcsc_rig.remove("Door0", wait=True)
-        assert len(d.events("crl.point-learned")) == 1  # the second badge named nothing new
+        assert len(d.events("crl.point-learned")) == 2  # the second badge named nothing new
