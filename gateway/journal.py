@@ -34,6 +34,10 @@ from gateway.errors import JournalError
 
 log = logging.getLogger(__name__)
 
+_INSERT = ("INSERT INTO events (seq, at, kind, door, person, reason, data) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT_OR_IGNORE = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
+
 # Forward migrations; index i upgrades a database at user_version i to i + 1.
 MIGRATIONS: list[tuple[str, ...]] = [
     (  # 1: the event journal / outbox
@@ -135,9 +139,9 @@ class Journal:
         self._acked = int(acked[0]) if acked is not None else 0
         # Events a previous run could not write: the writer's first commit puts them in (the
         # disk may still refuse; then they wait with the rest, and the file stays meanwhile).
-        self._held_rows, held_max = self._read_held()
+        self._held = self._read_held()
         # Purged (acknowledged) events leave no row behind: the mark keeps the sequence going up.
-        self._next = max(int(row[0] or 0), self._acked, held_max) + 1
+        self._next = max(int(row[0] or 0), self._acked, *(e.seq for e in self._held)) + 1
         self._seq_lock = threading.RLock()  # a listener may append in turn
         self._read_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Event | _Op | None] = queue.SimpleQueue()
@@ -150,36 +154,38 @@ class Journal:
         self._fault_since: float | None = None
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
-        if self._held_rows:
-            self.append("journal.restored", reason="journal-fault", events=len(self._held_rows))
+        if self._held:
+            self.append("journal.restored", reason="journal-fault", events=len(self._held))
 
     @property
     def held_file(self) -> Path:
         """Where events the disk refused until the journal closed wait for the next start."""
         return self.path.with_name(self.path.name + ".held")
 
-    def _read_held(self) -> tuple[list[tuple[Any, ...]], int]:
-        """The events of a previous run's side file, as rows for the writer's first commit, and
-        the highest sequence number among them (0: none). Lines that do not parse (a crash
-        mid-write) are kept aside in `<file>.<time>.rejected`. A file that cannot be read is
-        left where it is, named in the log: the journal opens without it."""
+    def _read_held(self) -> list[Event]:
+        """The events of a previous run's side file, for the writer's first commit. Lines that
+        do not parse (a crash mid-write) are kept aside in `<file>.<time>.rejected`. A file that
+        cannot be read is left where it is, named in the log: the journal opens without it."""
         held = self.held_file
         try:
             lines = held.read_bytes().splitlines()
         except FileNotFoundError:
-            return [], 0
+            return []
         except OSError as e:
             log.critical("%s: cannot read the events held from a previous run (%s); left there "
                          "for an operator, the journal goes on without them", held, e)
-            return [], 0
-        rows: list[tuple[Any, ...]] = []
+            return []
+        events: list[Event] = []
         bad: list[bytes] = []
         for line in lines:
             try:
                 doc = json.loads(line)
-                rows.append((int(doc["seq"]), float(doc["at"]), str(doc["kind"]), doc.get("door"),
-                             doc.get("person"), doc.get("reason"),
-                             json.dumps(doc.get("data") or {}, separators=(",", ":"))))
+                data = doc.get("data") or {}
+                if not isinstance(data, dict):
+                    raise TypeError("data is not an object")
+                events.append(Event(int(doc["seq"]), self.gateway, float(doc["at"]),
+                                    str(doc["kind"]), doc.get("door"), doc.get("person"),
+                                    doc.get("reason"), data))
             except (ValueError, KeyError, TypeError, AttributeError):
                 bad.append(line)
         if bad:
@@ -192,7 +198,7 @@ class Journal:
             else:
                 log.error("%s: %d lines could not be read back; kept in %s", held, len(bad),
                           rejected)
-        return rows, max((r[0] for r in rows), default=0)
+        return events
 
     def _hold(self, pending: list[Event]) -> None:
         """The journal closes while the disk refuses: keep `pending` in the side file."""
@@ -357,38 +363,17 @@ class Journal:
         # from the last commit, an append racing close()).
         while not (stopping and not pending and not ops and self._queue.empty()):
             if not pending and not ops:
-                item = self._queue.get()
-                if item is None:
-                    stopping = True
-                elif isinstance(item, _Op):
-                    ops.append(item)
-                else:
-                    pending.append(item)
-            while True:  # take everything queued meanwhile: one transaction for all
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                elif isinstance(item, _Op):
-                    ops.append(item)
-                else:
-                    pending.append(item)
+                stopping = self._sort(self._queue.get(), pending, ops) or stopping
+            # Everything queued meanwhile too: one transaction for all.
+            stopping = self._take_queued(pending, ops) or stopping
             if not pending:
                 ops = self._run_ops(ops)
                 continue
             try:
                 self._conn.execute("BEGIN")
-                if self._held_rows:  # a row already there came from a commit never confirmed
-                    self._conn.executemany(
-                        "INSERT OR IGNORE INTO events (seq, at, kind, door, person, reason, "
-                        "data) VALUES (?, ?, ?, ?, ?, ?, ?)", self._held_rows)
-                self._conn.executemany(
-                    "INSERT INTO events (seq, at, kind, door, person, reason, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(e.seq, e.at, e.kind, e.door, e.person, e.reason,
-                      json.dumps(e.data, separators=(",", ":"))) for e in pending])
+                if self._held:  # a row already there came from a commit never confirmed
+                    self._insert(self._held, ignore_present=True)
+                self._insert(pending)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as e:
                 if self._conn.in_transaction:
@@ -401,23 +386,14 @@ class Journal:
                     self._fault_since = time.time()
                     self._fault_changed(self.fault)
                 if stopping:
-                    # Whatever was appended meanwhile goes with them.
-                    while True:
-                        try:
-                            item = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if isinstance(item, Event):
-                            pending.append(item)
-                        elif isinstance(item, _Op):
-                            ops.append(item)
+                    self._take_queued(pending, ops)  # appended meanwhile: goes with them
                     self._hold(pending)
                     for op in ops:
                         op.future.set_exception(JournalError(f"journal closed: {e}"))
                     break
                 time.sleep(0.5)  # back off before retrying the disk
                 continue
-            if self._held_rows:
+            if self._held:
                 self._restored()
             if self.fault is not None:
                 self._recovered(len(pending))
@@ -432,9 +408,36 @@ class Journal:
             pending = []
             ops = self._run_ops(ops)
 
+    @staticmethod
+    def _sort(item: Event | _Op | None, pending: list[Event], ops: list[_Op]) -> bool:
+        """File one queued item; True for the stop sentinel."""
+        if item is None:
+            return True
+        if isinstance(item, _Op):
+            ops.append(item)
+        else:
+            pending.append(item)
+        return False
+
+    def _take_queued(self, pending: list[Event], ops: list[_Op]) -> bool:
+        """File everything queued right now; True if the stop sentinel was among it."""
+        stop = False
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return stop
+            stop = self._sort(item, pending, ops) or stop
+
+    def _insert(self, events: list[Event], *, ignore_present: bool = False) -> None:
+        self._conn.executemany(
+            _INSERT_OR_IGNORE if ignore_present else _INSERT,
+            [(e.seq, e.at, e.kind, e.door, e.person, e.reason,
+              json.dumps(e.data, separators=(",", ":"))) for e in events])
+
     def _restored(self) -> None:
         """The previous run's held events are in the database: the side file goes."""
-        count, self._held_rows = len(self._held_rows), []
+        count, self._held = len(self._held), []
         try:
             self.held_file.unlink()
         except FileNotFoundError:
