@@ -178,8 +178,7 @@ class Gateway:
         if self.sync is not None:
             self.crl_fetcher = self.sync.fetcher
             self.tasks.append(self._part("mqtt sync", self.sync.run))
-        elif self.config.crl_fetch is not None and (self.config.crl_fetch.urls or
-                                                    self.config.crl_fetch.from_certificates):
+        elif self.config.crl_fetch is not None and self.config.crl_fetch.fetches:
             self.crl_fetcher = self._own_crl_fetcher(self.config.crl_fetch)
             self.tasks.append(self._part("CRL fetch", self.crl_fetcher.run))
         if self.crl_fetcher is not None:
@@ -253,11 +252,15 @@ class Gateway:
                 async with asyncio.timeout(max(0.05, due - time.time())):
                     await self.crl_wake.wait()
 
-    def _crl_installed_threadsafe(self) -> None:
+    def _on_loop(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the daemon's loop, from any thread; dropped once it stopped."""
         loop = self.loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self.crl_wake.set)
+                loop.call_soon_threadsafe(callback)
+
+    def _crl_installed_threadsafe(self) -> None:
+        self._on_loop(self.crl_wake.set)
 
     def _own_crl_fetcher(self, config: CrlFetchConfig) -> CrlFetcher:
         """CRLs from their distribution points without head-office sync (a [crl] table)."""
@@ -299,9 +302,7 @@ class Gateway:
     def _journal_fault_threadsafe(self, error: str | None) -> None:
         """The journal's disk failed or recovered (writer thread): head office's status shows
         it at once; doors carry on deciding either way."""
-        if self.loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self._status_changed)
+        self._on_loop(self._status_changed)
 
     def _door_changed(self, controller: DoorController) -> None:
         self._status_changed()
@@ -448,9 +449,8 @@ class Gateway:
     def _on_policy(self, envelope: bytes) -> Any:
         """A signed bundle from head office; runs on a worker thread (SyncService's)."""
         outcome = self.policy.offer(envelope)
-        if outcome.status == "applied" and self.loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self._policy_applied)
+        if outcome.status == "applied":
+            self._on_loop(self._policy_applied)
         return outcome
 
     def _policy_applied(self) -> None:

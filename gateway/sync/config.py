@@ -38,6 +38,11 @@ class CrlFetchConfig:
     max_bytes: int = 512 * 1024 * 1024
     from_certificates: bool = False
 
+    @property
+    def fetches(self) -> bool:
+        """Whether there is anything to fetch from: configured points, or certificates'."""
+        return bool(self.urls) or self.from_certificates
+
 
 @dataclass(frozen=True)
 class SyncConfig:

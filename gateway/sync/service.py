@@ -171,7 +171,7 @@ class SyncService:
                 tg.create_task(self._connection_loop(), name="sync-connection")
                 tg.create_task(self.inbound.run(), name="sync-inbound")
                 tg.create_task(self._purge_loop(), name="sync-purge")
-                if self.config.crl.urls or self.config.crl.from_certificates:
+                if self.config.crl.fetches:
                     tg.create_task(self.fetcher.run(), name="sync-crl-fetch")
         finally:
             self._loop = None
