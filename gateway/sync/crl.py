@@ -115,14 +115,17 @@ class CrlFetcher:
                         MAX_LEARNED, ", ".join(new[room:]))
             new = new[:max(0, room)]
         for url in new:
-            self.points.append(_Point(url))
-            self.learned.append(url)
+            self._add_learned(url)
             log.info("CRL distribution point %s (named by %s) will be fetched", url, named_by)
             self.journal.append("crl.point-learned", source=url, named_by=named_by)
         if new:
             self._learned_dirty = True
             self._wake.set()
         return new
+
+    def _add_learned(self, url: str) -> None:
+        self.points.append(_Point(url))
+        self.learned.append(url)
 
     def wake(self) -> None:
         """Fetch every distribution point now (a notice of a new CRL arrived)."""
@@ -157,8 +160,7 @@ class CrlFetcher:
         known = {p.url for p in self.points}
         for url in learned:
             if url not in known and len(self.learned) < MAX_LEARNED:
-                self.points.append(_Point(url))
-                self.learned.append(url)
+                self._add_learned(url)
                 known.add(url)
         now_wall, now = time.time(), time.monotonic()
         for p in self.points:
