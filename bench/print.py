@@ -212,18 +212,33 @@ def report(version: str, args: argparse.Namespace, times: dict[str, list[float]]
           f"of {args.held} held jobs (at start, off the badge path) took {cold * 1000:.0f} ms.")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.print", description=__doc__,
+def site_arguments(prog: str, doc: str | None, *, badges: int,
+                   badges_help: str) -> argparse.ArgumentParser:
+    """The options of a print-release bench: the site's size, badges timed, the rig's folder."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--held", type=int, default=1000, help="jobs held in all (default 1000)")
     ap.add_argument("--mine", type=int, default=10, help="of them the person's (default 10)")
-    ap.add_argument("--badges", type=int, default=30, help="badges timed for ours (default 30)")
-    ap.add_argument("--baseline", type=int, default=8,
-                    help="badges timed for each baseline (default 8)")
+    ap.add_argument("--badges", type=int, default=badges,
+                    help=f"{badges_help} (default {badges})")
     ap.add_argument("--keep", type=Path, help="keep the rig's folder here")
+    return ap
+
+
+def parse_site_arguments(ap: argparse.ArgumentParser,
+                         argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not 0 < args.mine < args.held:
         ap.error("expected 0 < --mine < --held")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = site_arguments("python -m bench.print", __doc__, badges=30,
+                        badges_help="badges timed for ours")
+    ap.add_argument("--baseline", type=int, default=8,
+                    help="badges timed for each baseline (default 8)")
+    args = parse_site_arguments(ap, argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="pv-bench-print-"))
     print(f"starting cupsd + ippeveprinter in {work}", file=sys.stderr)
     rig = PrintRig.start(work / "rig", printers=(QUEUE,), findme=FINDME, driverless=True,

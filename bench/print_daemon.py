@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -38,9 +37,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from bench.print import OWNERS, Events, pct, submit
+from bench.print import OWNERS, Events, parse_site_arguments, pct, site_arguments, submit
 from gateway.bundle import make_bundle, sign_bundle
 from gateway.control import request
+from gateway.journal import Event, read_events
 from gateway.pki_demo import make_demo_pki
 from gateway.rig.cups import PrintRig, shipped_policy
 from gateway.rig.pcsc import PcscRig
@@ -104,29 +104,23 @@ reader = "{READER}"
     return cfg, pki.cards["alice"]
 
 
-class Journal:
+class DaemonJournal:
     """The daemon's journal, read as any other client would (committed events only)."""
 
-    def __init__(self, db: Path) -> None:
-        self.db = db
+    def __init__(self, state: Path) -> None:
+        self.state = state
 
-    def events(self, kind: str, after: int = 0) -> list[dict[str, Any]]:
-        if not self.db.exists():
-            return []
-        with sqlite3.connect(self.db) as conn:
-            try:
-                rows = conn.execute("SELECT seq, at, data FROM events WHERE kind = ? AND seq > ? "
-                                    "ORDER BY seq", (kind, after)).fetchall()
-            except sqlite3.OperationalError:
-                return []
-        return [{"seq": s, "at": at, **json.loads(d or "{}")} for s, at, d in rows]
+    def events(self, kind: str, after: int = 0) -> list[Event]:
+        with contextlib.closing(sqlite3.connect(self.state / "portvakt.db")) as conn:
+            return read_events(conn, "bench", kind, after, limit=100_000)
 
     def last_seq(self) -> int:
-        with sqlite3.connect(self.db) as conn:
-            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        """The daemon's last sequence number (its status): what comes after is new."""
+        return int(request(self.state / "control.sock", {"cmd": "status"}, 5)["journal"]
+                   ["last_seq"])
 
 
-def daemon_badge(pcsc: PcscRig, card: Path, journal: Journal, daemon: RigProcess,
+def daemon_badge(pcsc: PcscRig, card: Path, journal: DaemonJournal, daemon: RigProcess,
                  mine: int) -> tuple[float, float]:
     """One badge at the printer's reader; returns (card -> decision, decision -> last
     Release-Job acknowledged), seconds, from the daemon's journal."""
@@ -139,7 +133,7 @@ def daemon_badge(pcsc: PcscRig, card: Path, journal: Journal, daemon: RigProcess
     pcsc.remove(READER, wait=True)
     wait_until(lambda: len(journal.events("print.completed", mark)) >= mine, 60,
                "the released jobs printed", daemon)
-    return granted["decision_ms"] / 1000, max(e["at"] for e in released) - granted["at"]
+    return granted.data["decision_ms"] / 1000, max(e.at for e in released) - granted.at
 
 
 async def run(work: Path, args: argparse.Namespace) -> int:
@@ -172,7 +166,7 @@ async def run(work: Path, args: argparse.Namespace) -> int:
                                          str(config), "--state-dir", str(state)],
                             work / "portvakt.log")
         stack.callback(daemon.stop)
-        journal = Journal(state / "portvakt.db")
+        journal = DaemonJournal(state)
 
         def indexed() -> bool:
             try:
@@ -251,16 +245,9 @@ def report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.print_daemon", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--held", type=int, default=1000, help="jobs held in all (default 1000)")
-    ap.add_argument("--mine", type=int, default=10, help="of them the person's (default 10)")
-    ap.add_argument("--badges", type=int, default=20,
-                    help="badges timed each way (default 20)")
-    ap.add_argument("--keep", type=Path, help="keep the rig's folder here")
-    args = ap.parse_args(argv)
-    if not 0 < args.mine < args.held:
-        ap.error("expected 0 < --mine < --held")
+    ap = site_arguments("python -m bench.print_daemon", __doc__, badges=20,
+                        badges_help="badges timed each way")
+    args = parse_site_arguments(ap, argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="pv-bench-print-daemon-"))
     print(f"rig in {work}", file=sys.stderr)
     try:
