@@ -43,6 +43,19 @@ def cert(*points: x509.DistributionPoint) -> x509.Certificate:
     return b.sign(KEY, hashes.SHA256())
 
 
+def naming_point(like: x509.Certificate, public_key: Any, serial: int, url: str, issuer_key: Any,
+                 digest: hashes.SHA256 | hashes.SHA384) -> x509.Certificate:
+    """A certificate as `like` (its names, validity and extensions) for `public_key` with
+    `serial`, naming `url` as its CRL distribution point, signed by `issuer_key`."""
+    b = (x509.CertificateBuilder().subject_name(like.subject).issuer_name(like.issuer)
+         .public_key(public_key).serial_number(serial)
+         .not_valid_before(like.not_valid_before_utc).not_valid_after(like.not_valid_after_utc))
+    for ext in like.extensions:
+        b = b.add_extension(ext.value, ext.critical)
+    return b.add_extension(x509.CRLDistributionPoints([point(url)]), critical=False).sign(
+        issuer_key, digest)
+
+
 def test_only_plain_http_points_a_fetch_can_use_count() -> None:
     assert distribution_points(cert()) == ()
     c = cert(point("ldap://dir.example/cn=Issuing?certificateRevocationList",
@@ -168,26 +181,15 @@ def test_a_card_names_its_crl_point_and_the_daemon_fetches_it_without_a_configur
                                                                   "Second CA")]),
                                     root, root_key, NOW)  # type: ignore[arg-type]
         # make_issuing_ca adds no CRL distribution point: re-sign its certificate with one.
-        b = (x509.CertificateBuilder().subject_name(second.subject).issuer_name(second.issuer)
-             .public_key(second.public_key()).serial_number(second.serial_number)
-             .not_valid_before(second.not_valid_before_utc)
-             .not_valid_after(second.not_valid_after_utc))
-        for ext in second.extensions:
-            b = b.add_extension(ext.value, ext.critical)
-        second = b.add_extension(x509.CRLDistributionPoints([point(dp.url("root.crl"))]),
-                                 critical=False).sign(root_key, hashes.SHA384())  # type: ignore[arg-type]
+        second = naming_point(second, second.public_key(), second.serial_number,
+                              dp.url("root.crl"), root_key, hashes.SHA384())
         second_pem = tmp_path / "second-ca.pem"
         second_pem.write_bytes(second.public_bytes(Encoding.PEM))
         url = dp.url("issuing.crl")
         old = read_card(demo_pki.cards["alice"]).certificate
         key = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.issuer)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(old.not_valid_before_utc).not_valid_after(old.not_valid_after_utc))
-        for ext in old.extensions:
-            b = b.add_extension(ext.value, ext.critical)
-        new = b.add_extension(x509.CRLDistributionPoints([point(url)]), critical=False).sign(
-            ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        new = naming_point(old, key.public_key(), x509.random_serial_number(), url, ca_key,
+                           hashes.SHA256())
         card = tmp_path / "alice-new.card.json"
         write_card(card, "alice", new, key)
         crlgen.write_crl(www / "issuing.crl", ca, ca_key, 5,  # type: ignore[arg-type]

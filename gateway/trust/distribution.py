@@ -17,9 +17,7 @@ def distribution_points(cert: x509.Certificate) -> tuple[str, ...]:
     """The usable http(s) CRL distribution point URLs of `cert`, in certificate order."""
     try:
         ext = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
-    except x509.ExtensionNotFound:
-        return ()
-    except ValueError:  # a malformed extension: no points, the path check says the rest
+    except (x509.ExtensionNotFound, ValueError):  # none, or malformed: the path check says why
         return ()
     out: list[str] = []
     for point in ext.value:
