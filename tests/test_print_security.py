@@ -1,10 +1,13 @@
 """The shipped cupsd policy (config/cups/cupsd.conf) against a real cupsd: only the gateway's
 account, proved by peer credentials over the domain socket, may release, move, hold, restart or
-change jobs; whatever name an unauthenticated client claims, it cannot; owners still cancel
-their own jobs."""
+change jobs or cancel them; whatever name an unauthenticated client claims, it cannot; and no
+request from a name without a local account crashes cupsd (no `Require user @OWNER`: Debian's
+cups 2.4.2-3+deb12u10 dies on it, OpenPrinting/cups#1555)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -14,6 +17,7 @@ import pytest
 from pyipp.enums import IppOperation as Op
 from pyipp.enums import IppTag
 
+from gateway.errors import PrinterError
 from gateway.rig.cups import PrintRig, shipped_cupsd_conf
 from printer_drivers.ipp import (
     CupsClient,
@@ -130,17 +134,60 @@ def test_a_local_process_of_another_account_cannot_claim_the_gateways_peer_crede
     assert lpstat_jobs(print_site)[job].held
 
 
-def test_the_owner_cannot_resume_but_may_cancel_their_own_job_and_no_one_elses(
+def test_no_claimed_name_resumes_or_cancels_a_held_job_only_the_gateway_cancels(
         print_site: PrintRig, tmp_path: Path) -> None:
     mine = _held_job(print_site, tmp_path, "alice")
     bobs = _held_job(print_site, tmp_path, "bob")
     with pytest.raises(RuntimeError, match=r"lp .*-H resume"):
         print_site.release(mine, "alice")  # lp -i JOB -H resume: Set-Job-Attributes
-    with pytest.raises(RuntimeError, match="cancel"):
-        print_site._run(["cancel", "-h", print_site.server, "-U", "alice", str(bobs)])
-    print_site._run(["cancel", "-h", print_site.server, "-U", "alice", str(mine)])
+    for who, job in (("alice", bobs), ("alice", mine), ("bob", bobs), ("root", mine)):
+        with pytest.raises(RuntimeError, match="Unauthorized"):
+            print_site._run(["cancel", "-h", print_site.server, "-U", who, str(job)])
+    assert {j: x.held for j, x in lpstat_jobs(print_site).items()} == {mine: True, bobs: True}
+    assert print_site.cupsd_died() is None
+    # The gateway (retention, `portvakt print purge`) cancels, authenticated over the socket.
+    asyncio.run(_cancel_as_gateway(print_site, mine))
     assert set(lpstat_jobs(print_site)) == {bobs}
-    assert lpstat_jobs(print_site)[bobs].held
+
+
+async def _cancel_as_gateway(rig: PrintRig, job: int) -> None:
+    async with CupsClient(socket=rig.socket_path, account=GATEWAY, peer_credentials=True) as gw:
+        await gw.request(Op.CANCEL_JOB, f"/printers/{SITE_FINDME}",
+                         {"printer-uri": gw.printer_uri(SITE_FINDME), "job-id": job})
+
+
+# Every operation a site-network client could send about a job, as a name with no account here.
+_JOB_OPERATIONS = [Op.SEND_DOCUMENT, Op.CLOSE_JOB, Op.CANCEL_JOB, Op.CANCEL_MY_JOBS,
+                   Op.RELEASE_JOB, Op.HOLD_JOB, Op.RESTART_JOB, Op.SET_JOB_ATTRIBUTES,
+                   Op.CUPS_MOVE_JOB, Op.CUPS_GET_DOCUMENT, Op.GET_JOB_ATTRIBUTES, Op.GET_JOBS,
+                   Op.CREATE_JOB_SUBSCRIPTIONS]
+
+
+async def test_no_request_from_a_name_without_a_local_account_stops_cupsd(
+        print_site: PrintRig, tmp_path: Path) -> None:
+    """Users print from their laptops under names this box has no account for. Debian's cups
+    2.4.2-3+deb12u10 (CUPS 2.4.17's fix for CVE-2026-27447) dereferences a missing account
+    when a <Limit> says `Require user @OWNER`: one such request kills cupsd for the site."""
+    job = _held_job(print_site, tmp_path, "pv-nobody-here")
+    for name in ("pv-nobody-here", "pv-someone-else"):
+        async with CupsClient(host=print_site.host, port=print_site.cups_port, account=name,
+                              peer_credentials=False) as user:
+            for op in _JOB_OPERATIONS:
+                attrs: dict[str, Any] = {"printer-uri": user.printer_uri(SITE_FINDME),
+                                         "job-id": job}
+                if op in (Op.SEND_DOCUMENT, Op.CLOSE_JOB):
+                    attrs["last-document"] = True
+                with contextlib.suppress(PrinterError):  # refused or not: cupsd must live
+                    await user.request(op, f"/printers/{SITE_FINDME}", attrs)
+                assert print_site.cupsd_died() is None, f"{op.name} as {name}"
+    assert lpstat_jobs(print_site)[job].held
+
+
+def test_the_shipped_policy_requires_no_owner_in_any_limit() -> None:
+    text = shipped_cupsd_conf().read_text()
+    requires = [line.strip() for line in text.splitlines()
+                if line.strip().lower().startswith("require")]
+    assert requires and not [r for r in requires if "@owner" in r.lower()]
 
 
 def test_the_shipped_cupsd_conf_parses_without_complaint(tmp_path: Path) -> None:
