@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import pwd
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,8 +38,8 @@ from pyipp.tags import ATTRIBUTE_TAG_MAP
 
 from gateway.errors import PrinterError
 
-__all__ = ["STATUS_NAMES", "CupsClient", "IppStatusError", "NotAuthorised", "SpoolerUnreachable",
-           "encode_request", "os_account"]
+__all__ = ["NATURAL_LANGUAGE", "STATUS_NAMES", "CupsClient", "IppStatusError", "NotAuthorised",
+           "SpoolerUnreachable", "encode_request", "natural_language", "os_account"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ EXTRA_TAGS: Mapping[str, IppTag] = {
 }
 TAGS: Mapping[str, IppTag] = {**ATTRIBUTE_TAG_MAP, **EXTRA_TAGS}
 IPP_VERSION = (2, 0)
+# attributes-natural-language of every request. pyipp's default "en-US" is refused with
+# client-error-bad-request by cupsd since Debian's 2.4.2-3+deb12u10 (upstream CUPS' stricter
+# checks): RFC 8011 §5.1.9 naturalLanguage is RFC 5646 in lowercase.
+NATURAL_LANGUAGE = "en"
+_LANGUAGE = re.compile(r"[a-z]{1,8}(-[a-z0-9]{1,8})*")
 _BIG_ANSWER = 64 * 1024  # parsed off the event loop above this many bytes
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -96,6 +102,15 @@ def os_account() -> str:
         raise PrinterError(f"uid {uid} has no account name: peer credentials need one") from None
 
 
+def natural_language(value: str) -> str:
+    """`value` if it is an IPP naturalLanguage cupsd accepts (RFC 5646, lowercase, as RFC 8011
+    asks: "en", "sv-se"); raises PrinterError naming the value otherwise ("en-US")."""
+    if not _LANGUAGE.fullmatch(value):
+        raise PrinterError(f"IPP natural language {value!r} is not lowercase RFC 5646 "
+                           "(RFC 8011 naturalLanguage; e.g. 'en', 'sv-se'): cupsd refuses it")
+    return value
+
+
 def encode_request(operation: IppOperation, groups: Sequence[tuple[IppTag, Mapping[str, Any]]],
                    request_id: int = 1, data: bytes = b"") -> bytes:
     """An IPP request: header, then each (group tag, attributes) in order, each attribute
@@ -123,14 +138,17 @@ class CupsClient:
     """One cupsd, over its domain socket (`socket`) or TCP (`host`, `port`).
 
     `account`: the name sent as requesting-user-name and, with `peer_credentials`, proved by the
-    kernel over the socket. `timeout`: seconds per request. Connections are kept alive and
+    kernel over the socket. `timeout`: seconds per request. `language`: the request's
+    attributes-natural-language (checked by `natural_language`). Connections are kept alive and
     reused; a request that finds its pooled connection closed by a restarted cupsd is sent once
     more on a fresh one. Use `async with` or call `close()`."""
 
     def __init__(self, *, socket: Path | None = None, host: str = "", port: int = 631,
-                 account: str, peer_credentials: bool, timeout: float = 5.0) -> None:
+                 account: str, peer_credentials: bool, timeout: float = 5.0,
+                 language: str = NATURAL_LANGUAGE) -> None:
         if peer_credentials and socket is None:
             raise PrinterError("peer credentials need cupsd's domain socket")
+        self.language = natural_language(language)
         self.socket = socket
         self.host = host or "localhost"
         self.port = port
@@ -177,7 +195,7 @@ class CupsClient:
 
         Raises SpoolerUnreachable, NotAuthorised, IppStatusError (an IPP error status) or
         PrinterError (an answer that does not parse)."""
-        head = {"attributes-charset": "utf-8", "attributes-natural-language": "en",
+        head = {"attributes-charset": "utf-8", "attributes-natural-language": self.language,
                 **{k: v for k, v in attrs.items() if k in ("printer-uri", "job-uri")},
                 "requesting-user-name": self.account,
                 **{k: v for k, v in attrs.items() if k not in ("printer-uri", "job-uri")}}

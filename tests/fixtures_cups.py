@@ -7,26 +7,80 @@ scope keeps job ids and spools isolated at no real cost):
   new jobs, and the cupsd policy shipped in config/cups/cupsd.conf (DefaultAuthType Basic, as
   shipped) with the OS user running the tests as the gateway's account (peer credentials over
   cupsd's domain socket; administration goes there too: `rig.admin_server`).
+
+Both first need `installed_cupsd` (once per run): the installed cupsd takes a job from a user
+with no local account under the shipped policy, and answers the gateway's own IPP client. When
+a package update breaks either, every print test stops at once with cupsd's own words instead of
+running into timeouts one by one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pyipp.enums import IppOperation as Op
 
+from gateway.errors import PrinterError
 from gateway.rig.cups import PrintRig, shipped_policy
 from printer_drivers.config import PrintConfig, parse_print_config
+from printer_drivers.ipp import CupsClient, os_account
 
 SITE_PRINTERS = ("printer1", "printer2")
 SITE_FINDME = "findme"
+NO_ACCOUNT = "pv-no-local-account"  # a print user name this machine has no account for
+
+
+async def _gateway_view(rig: PrintRig, job: int) -> None:
+    """What the print path asks of cupsd, asked by the gateway's own client: list a held job
+    with its owner (peer credentials over the socket), survive a cancel from a name without an
+    account, cancel it as the gateway."""
+    async with CupsClient(socket=rig.socket_path, account=os_account(),
+                          peer_credentials=True) as gw:
+        uri = gw.printer_uri(rig.queue)
+        ans = await gw.request(Op.GET_JOBS, f"/printers/{rig.queue}", {
+            "printer-uri": uri, "which-jobs": "not-completed",
+            "requested-attributes": ["job-id", "job-originating-user-name"]})
+        owners = {j.get("job-id"): j.get("job-originating-user-name") for j in ans["jobs"]}
+        if owners.get(job) != NO_ACCOUNT:
+            raise PrinterError(f"Get-Jobs shows {owners}, not job {job} of {NO_ACCOUNT}")
+        async with CupsClient(host=rig.host, port=rig.cups_port, account=NO_ACCOUNT,
+                              peer_credentials=False) as user:
+            # Refused, as the shipped policy says: cupsd must only still be running.
+            with contextlib.suppress(PrinterError):
+                await user.request(Op.CANCEL_JOB, f"/printers/{rig.queue}",
+                                   {"printer-uri": uri, "job-id": job})
+        await gw.request(Op.CANCEL_JOB, f"/printers/{rig.queue}",
+                         {"printer-uri": uri, "job-id": job, "purge-job": True})
+
+
+@pytest.fixture(scope="session")
+def installed_cupsd(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Fails (once, cached for the run) unless the installed cupsd serves the print path."""
+    with PrintRig.start(tmp_path_factory.mktemp("installed_cupsd"), held=True,
+                        policy=shipped_policy(), default_auth="Basic") as rig:
+        doc = tmp_path_factory.mktemp("installed_cupsd_doc") / "probe.pdf"
+        pdf(doc, 1, 64)
+        error = ""
+        try:
+            job = rig.submit(NO_ACCOUNT, doc)  # lp: Create-Job, then Send-Document
+            asyncio.run(_gateway_view(rig, job))
+        except (RuntimeError, PrinterError) as e:
+            error = f"{e}\n"
+        died = rig.cupsd_died()
+        if error or died:
+            pytest.fail(f"the installed cupsd cannot serve the print path: {error}"
+                        + (f"{died}\n" if died else "") + rig.error_log_tail(), pytrace=False)
 
 
 @pytest.fixture
-def print_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrintRig]:
+def print_rig(installed_cupsd: None, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[PrintRig]:
     rig = PrintRig.start(tmp_path_factory.mktemp("print_rig"))
     try:
         yield rig
@@ -37,7 +91,8 @@ def print_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrintRig]:
 
 
 @pytest.fixture
-def print_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrintRig]:
+def print_site(installed_cupsd: None, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[PrintRig]:
     rig = PrintRig.start(tmp_path_factory.mktemp("print_site"), printers=SITE_PRINTERS,
                          findme=SITE_FINDME, driverless=True, held=True, policy=shipped_policy(),
                          default_auth="Basic")

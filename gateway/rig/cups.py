@@ -436,9 +436,17 @@ class PrintRig:
         r = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout,
                            check=False)
         if r.returncode != 0:
+            died = self.cupsd_died()
             raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}\n"
-                               f"{self.error_log_tail()}")
+                               + (f"{died}\n" if died else "") + self.error_log_tail())
         return r.stdout
+
+    def cupsd_died(self) -> str | None:
+        """None while cupsd runs; else one line saying how it ended (a crash is named: since
+        Debian's 2.4.2-3+deb12u10 a `Require user @OWNER` crashed it, see config/cups/)."""
+        proc = self.processes.get("cupsd")
+        how = proc.exit_description() if proc is not None else None
+        return f"cupsd (pid {proc.pid}) {how}" if proc is not None and how else None
 
     # --- helpers for tests and the demo ---------------------------------------------------------
 

@@ -81,6 +81,18 @@ class RigProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def exit_description(self) -> str | None:
+        """None while running; else how it ended: "exited with status 1", "killed by SIGSEGV"."""
+        rc = self.popen.poll()
+        if rc is None:
+            return None
+        if rc < 0:
+            try:
+                return f"killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"killed by signal {-rc}"
+        return f"exited with status {rc}"
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to the whole process group (a fault-injection helper)."""
         with contextlib.suppress(ProcessLookupError):
