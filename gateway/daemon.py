@@ -498,13 +498,16 @@ class Gateway:
         alarms += [f"crl-stale:{issuer}" for issuer in sorted(self.stale_crls)]
         crls = [crl_status(i, now, self.config.trust.crl_grace)
                 for i in self.trust.revocation.all()]
+        printers = self.printing.status() if self.printing else []
+        alarms += [f"{p['queue'] if p.get('hold') else p['name']}:{p['alarm']}"
+                   for p in printers if p.get("alarm")]
         return {"site_mode": self.modes.site.value, "doors": doors, "alarms": alarms,
                 "policy": {"version": pol.get("version"), "stale": pol.get("stale"),
                            "age_s": pol.get("age_s"), "rejected": pol.get("rejected")},
                 "crls": crls,
                 "printers": [{"name": p["name"], "state": p.get("state"),
-                              "held_jobs": p.get("held_jobs")}
-                             for p in (self.printing.status() if self.printing else [])]}
+                              "held_jobs": p.get("held_jobs"), "error": p.get("error"),
+                              "alarm": p.get("alarm")} for p in printers]}
 
     async def _cmd_door_list(self, msg: dict[str, Any], user: str) -> dict[str, Any]:
         return {"site_mode": self.modes.site.value, "doors": self._doors_json()}

@@ -150,7 +150,8 @@ def check_daemon(cfg: Config) -> tuple[bool, str]:
 
 
 def check_printers(cfg: Config) -> tuple[bool, str]:
-    """cupsd answers on the configured server and every printer may print now."""
+    """cupsd answers the requests a release makes (Get-Jobs, Get-Printer-Attributes) on the
+    configured server and every printer may print now; a refusal carries cupsd's own words."""
     from printer_drivers.model import refusal
     from printer_drivers.release import NoJournal, PrintRelease
 
@@ -159,6 +160,7 @@ def check_printers(cfg: Config) -> tuple[bool, str]:
 
     async def probe() -> list[tuple[str, tuple[str, str] | None]]:
         async with PrintRelease(pc, NoJournal()) as engine:
+            await engine.sync(full=True)  # the held-job listing every release starts with
             out = []
             for p in pc.printers:
                 state = await engine.printer_state(p.name)

@@ -7,7 +7,13 @@ own print user name and those of everyone who delegated release to them) are rel
 printer_drivers.release.PrintRelease, which journals each job. The reader's green output means
 "released", red means denied, nothing to print, refused (printer stopped or in error) or cupsd
 unavailable. Doors never wait for any of this: each printer's reader is its own task, and cupsd
-failures end as a journaled print.failed and a red light.
+failures end as a journaled print.failed and a red light, with cupsd's own status-message.
+
+A request cupsd refuses as malformed (client-error-bad-request) is no passing fault: the gateway
+and the installed cupsd disagree (a security update changed what cupsd accepts, say), and every
+release at that printer will fail the same way. It raises the alarm `spooler-bad-request`
+(journaled with cupsd's message, in the status and on the dashboard) until a request there is
+accepted again.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from gateway.journal import Journal
 from gateway.policy import DecisionState, Policy
 from gateway.trust.validator import Rejection, TrustStore, Validated
 from printer_drivers.config import PrintConfig, PrinterConfig
+from printer_drivers.ipp import IppStatusError
 from printer_drivers.model import PRINTER_STOPPED, ReleaseOutcome, state_reasons
 from printer_drivers.release import PrintRelease
 
@@ -39,6 +46,19 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 10.0  # how often each printer's state is asked for the status/dashboard
 RETRY_SECONDS = 30.0  # retention purge retried this soon after cupsd failed to answer
 _STATES = {3: "idle", 4: "processing", PRINTER_STOPPED: "stopped"}
+BAD_REQUEST = "client-error-bad-request"
+BAD_REQUEST_ALARM = "spooler-bad-request"
+
+
+def bad_request(error: BaseException | ReleaseOutcome | None) -> str | None:
+    """cupsd's words when `error` (or a release's failed jobs) is a refusal as malformed."""
+    if isinstance(error, IppStatusError) and error.status_name == BAD_REQUEST:
+        return str(error)
+    if isinstance(error, ReleaseOutcome):
+        for f in error.failed:
+            if f.reason == BAD_REQUEST:
+                return f"cupsd refused job {f.job_id}: {f.reason} ({f.detail})"
+    return None
 
 
 @dataclass
@@ -53,6 +73,7 @@ class PrinterRuntime:
     reasons: str = ""
     error: str | None = None
     busy: bool = False
+    alarm: str | None = None  # BAD_REQUEST_ALARM while cupsd refuses requests here as malformed
 
 
 @dataclass
@@ -67,6 +88,7 @@ class Printing:
     printers: dict[str, PrinterRuntime]
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     error: str | None = None  # the last cupsd failure of the purge or watch, None when fine
+    alarm: str | None = None  # BAD_REQUEST_ALARM from the purge (the hold queue)
     # told of every presentation's verdict after the decision (the daemon reads CRL points)
     on_verdict: Callable[[CardRead, Validated | Rejection], None] | None = None
 
@@ -141,11 +163,30 @@ class Printing:
             log.error("printer %s: release failed: %s", name, e)
             printer.last_result = "failed"
             printer.error = str(e)
+            self._answered(printer, bad_request(e))
             self._signal(printer, False)
             return
         finally:
             printer.busy = False
+        self._answered(printer, bad_request(outcome))
+        if outcome.result == "failed":
+            printer.error = outcome.detail or None
         self._released(printer, outcome)
+
+    def _answered(self, printer: PrinterRuntime | None, refused: str | None) -> None:
+        """Raise the spooler-bad-request alarm at `printer` (None: the hold queue, from the
+        purge) with cupsd's words `refused`, or clear it when cupsd answered without that."""
+        where = printer if printer is not None else self
+        name = printer.config.name if printer is not None else self.config.findme_queue
+        if refused is not None and where.alarm is None:
+            log.error("printer %s: cupsd refuses the gateway's requests: %s", name, refused)
+            where.alarm = BAD_REQUEST_ALARM
+            self.journal.append(f"alarm.{BAD_REQUEST_ALARM}", reason=BAD_REQUEST_ALARM,
+                                printer=name, detail=refused)
+        elif refused is None and where.alarm is not None:
+            where.alarm = None
+            self.journal.append("alarm.cleared", reason="spooler-answers",
+                                alarm=BAD_REQUEST_ALARM, printer=name)
 
     def _released(self, printer: PrinterRuntime, outcome: ReleaseOutcome) -> None:
         printer.last_result = outcome.result
@@ -201,12 +242,14 @@ class Printing:
                     await self.engine.purge()
                 self.error = None
                 delay = self.config.purge_interval_seconds
+                self._answered(None, None)
             except PrinterError as e:
                 if self.error is None:
                     log.error("print spooler: %s (doors are not affected)", e)
                     self.journal.append("print.spooler-unavailable",
                                         reason="spooler-unavailable", detail=str(e))
                 self.error = str(e)
+                self._answered(None, bad_request(e))
                 delay = min(RETRY_SECONDS, self.config.purge_interval_seconds)
             await asyncio.sleep(delay)
 
@@ -221,7 +264,9 @@ class Printing:
                     a = await self.engine.printer_state(rt.config.name)
                 except (PrinterError, InputError) as e:
                     state, reasons, error = "unreachable", "", str(e)
+                    self._answered(rt, bad_request(e))
                 else:
+                    self._answered(rt, None)
                     raw = a.get("printer-state")
                     state = _STATES.get(int(raw), str(raw)) if raw is not None else "unknown"
                     if a.get("printer-is-accepting-jobs") is False:
@@ -241,12 +286,13 @@ class Printing:
                 "reader": rt.config.reader or rt.config.nfc, "reader_online": rt.reader_online,
                 "state": rt.state, "reasons": rt.reasons, "error": rt.error,
                 "held_jobs": counts.get(rt.config.queue.casefold(), 0),
-                "last_presentation": rt.last_presentation, "last_result": rt.last_result}
+                "last_presentation": rt.last_presentation, "last_result": rt.last_result,
+                "alarm": rt.alarm}
                for rt in self.printers.values()]
         out.append({"name": f"{self.config.findme_queue} (hold)", "hold": True,
                     "queue": self.config.findme_queue, "state": "holding",
                     "held_jobs": counts.get(self.config.findme_queue.casefold(), 0),
-                    "error": self.error})
+                    "error": self.error, "alarm": self.alarm})
         return out
 
     async def close(self) -> None:

@@ -67,7 +67,8 @@ class FailedJob:
     job_id: int
     owner: str
     queue: str
-    reason: str
+    reason: str  # cupsd's IPP status name (e.g. client-error-bad-request) or spooler-unavailable
+    detail: str = ""  # cupsd's own status-message, or the error, as it said it
 
 
 Result = Literal["released", "nothing-to-print", "refused", "failed"]

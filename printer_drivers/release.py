@@ -211,8 +211,8 @@ class PrintRelease:
         done = await asyncio.gather(state_task, sync_task, return_exceptions=True)
         for r in done:
             if isinstance(r, BaseException):
-                self.journal.append("print.failed", reason="spooler-unavailable", detail=str(r),
-                                    **who)
+                why = r.status_name if isinstance(r, IppStatusError) else "spooler-unavailable"
+                self.journal.append("print.failed", reason=why, detail=str(r), **who)
                 raise r
         state = done[0]
         assert isinstance(state, dict)
@@ -240,14 +240,17 @@ class PrintRelease:
             self.journal.append("print.released", owner=rj.owner, job=rj.job_id,
                                 size_kb=rj.size_kb, from_queue=rj.from_queue, **named, **who)
         for f in failed:
+            said: dict[str, Any] = {"detail": f.detail} if f.detail else {}
             self.journal.append("print.failed", reason=f.reason, owner=f.owner, job=f.job_id,
-                                queue=f.queue, **who)
+                                queue=f.queue, **said, **who)
         if not released and not failed:
             self.journal.append("print.nothing-to-print", reason="nothing-to-print",
                                 owners=sorted(wanted), **who)
             return ReleaseOutcome(p.name, "nothing-to-print", "nothing-to-print", seconds=seconds)
+        first = failed[0] if failed else None
+        why = str(broken) if broken else f"{first.reason}: {first.detail}" if first else ""
         return ReleaseOutcome(p.name, "released" if released else "failed",
-                              None if released else "release-failed", str(broken or ""),
+                              None if released else "release-failed", why,
                               tuple(released), tuple(failed), seconds)
 
     async def _release_all(self, mine: list[HeldJob], p: PrinterConfig, person_id: str | None
@@ -268,7 +271,8 @@ class PrintRelease:
         async def step(j: HeldJob, action: Coroutine[Any, Any, None], after: str) -> None:
             if broken:
                 action.close()  # never started: no 'never awaited' warning
-                failed[j.job_id] = self._keep(j, where[j.job_id], "spooler-unavailable")
+                failed[j.job_id] = self._keep(j, where[j.job_id], "spooler-unavailable",
+                                              str(broken[0]))
                 return
             try:
                 async with self._parallel:
@@ -278,11 +282,12 @@ class PrintRelease:
                     log.info("job %d vanished before release (%s)", j.job_id, e)
                     gone.add(j.job_id)
                 else:
-                    failed[j.job_id] = self._keep(j, where[j.job_id], e.status_name)
+                    failed[j.job_id] = self._keep(j, where[j.job_id], e.status_name,
+                                                  e.message or str(e))
                 return
             except PrinterError as e:
                 broken.append(e)
-                failed[j.job_id] = self._keep(j, where[j.job_id], "spooler-unavailable")
+                failed[j.job_id] = self._keep(j, where[j.job_id], "spooler-unavailable", str(e))
                 return
             where[j.job_id] = after
 
@@ -303,13 +308,13 @@ class PrintRelease:
                 self._released.pop(next(iter(self._released)))
         return released, [failed[k] for k in sorted(failed)], broken[0] if broken else None
 
-    def _keep(self, j: HeldJob, queue: str, reason: str) -> FailedJob:
+    def _keep(self, j: HeldJob, queue: str, reason: str, detail: str) -> FailedJob:
         """A job that could not be released stays in the index, where it now is."""
         self._taken.discard(j.job_id)
         self._jobs[j.job_id] = HeldJob(j.job_id, j.owner, j.user, queue, JOB_HELD if
                                        queue != self.findme else j.state, j.size_kb, j.created,
                                        j.name)
-        return FailedJob(j.job_id, j.user, queue, reason)
+        return FailedJob(j.job_id, j.user, queue, reason, detail)
 
     async def _state_or_missing(self, p: PrinterConfig) -> dict[str, Any]:
         try:
@@ -377,7 +382,7 @@ class PrintRelease:
             except IppStatusError as e:
                 if e.status not in _GONE:
                     log.warning("retention: job %d could not be cancelled: %s", j.job_id, e)
-                    self._keep(j, j.queue, e.status_name)
+                    self._keep(j, j.queue, e.status_name, e.message)
                 continue
             purged.append(j)
             extra: dict[str, Any] = {"name": j.name} if j.name is not None else {}

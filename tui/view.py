@@ -226,6 +226,8 @@ def top_bar(status: dict[str, Any] | None, connection: str | None, now: float | 
             bar.append(f"JOURNAL FAULT: {status['journal_fault']}", style=STYLE_ALARM)
         alarms = sum(1 for d in status.get("doors") or () if isinstance(d, dict)
                      and d.get("alarm") and not d.get("alarm_acknowledged"))
+        alarms += sum(1 for p in status.get("printers") or () if isinstance(p, dict)
+                      and p.get("alarm"))
         if alarms:
             bar.append(" · ")
             bar.append(f"{alarms} alarm{'s' if alarms > 1 else ''}", style=STYLE_ALARM)
@@ -392,6 +394,8 @@ def printers_panel(status: dict[str, Any] | None) -> Text:
             line.append(f" · held {_held(p)}")
             if p.get("reader_online") is False:
                 line.append(" · reader OFF", style=STYLE_FAULT)
+            if p.get("alarm"):
+                line.append(f" · ALARM {p['alarm']}", style=STYLE_ALARM)
             if p.get("error"):
                 line.append(f" · {p['error']}", style="yellow")
             lines.append(line)
