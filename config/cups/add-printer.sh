@@ -29,14 +29,18 @@ HOLD="-o job-hold-until-default=indefinite"
 
 die() { echo "add-printer.sh: $*" >&2; exit 2; }
 
+PDF_LINE='^\*cupsFilter2: "application/vnd.cups-pdf application/pdf [0-9]* -"$'
+
 driverless_ppd() {  # queue -> a driverless PDF PPD on stdout
     ppd="$PPD_DIR/$1.ppd"
-    for _ in 1 2 3 4 5 6 7 8 9 10; do  # cupsd writes it a moment after lpadmin returns
-        [ -s "$ppd" ] && break
+    # cupsd writes the generated PPD a moment after lpadmin returns; when the queue existed
+    # before (re-run), the old, already edited PPD is there meanwhile: wait for the new one.
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        [ -s "$ppd" ] && grep -q "$PDF_LINE" "$ppd" && break
         sleep 1
     done
     [ -s "$ppd" ] || die "no PPD for $1 in $PPD_DIR: did the printer answer IPP Everywhere?"
-    grep -q '^\*cupsFilter2: "application/vnd.cups-pdf application/pdf [0-9]* -"$' "$ppd" \
+    grep -q "$PDF_LINE" "$ppd" \
         || die "$1: the printer does not take PDF (no application/pdf in its PPD)"
     sed 's#^\*cupsFilter2: "application/vnd.cups-pdf application/pdf [0-9]* -"$#*cupsFilter2: "application/pdf application/pdf 0 -"#' "$ppd"
 }
