@@ -128,11 +128,13 @@ mv -f "$DESTDIR$BINDIR/portvakt.new" "$DESTDIR$BINDIR/portvakt"
 group=root owner=root
 if getent group portvakt >/dev/null; then group=portvakt; fi
 if getent passwd portvakt >/dev/null; then owner=portvakt; fi
-if [[ $group == root ]]; then
+if ! root; then
+    say "not root (DESTDIR): the files stay $(id -un)'s"
+elif [[ $group == root ]]; then
     say "no group portvakt on this machine: $CONFDIR and $STATEDIR/trust stay root's (best effort)"
 fi
-own() {  # own USER:GROUP PATH: chown where we may (not root under DESTDIR: best effort)
-    chown "$1" "$2" 2>/dev/null || say "could not chown $1 $2 (not root?): left as it is"
+own() {  # own USER:GROUP PATH; only root may give files away (not root: DESTDIR, best effort)
+    if root; then chown "$1" "$2"; fi
 }
 install -d -m 0750 "$DESTDIR$CONFDIR" "$DESTDIR$STATEDIR" "$DESTDIR$STATEDIR/trust"
 own "root:$group" "$DESTDIR$CONFDIR"
