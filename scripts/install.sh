@@ -99,7 +99,8 @@ say "building the Portvakt wheel"
 "$venv/bin/python" -m pip wheel -q --no-deps -w "$build" "$src"
 wheel=$(find "$build" -name 'portvakt-*.whl' -print -quit)
 say "installing $(basename "$wheel") and its run-time dependencies into $venv"
-"$venv/bin/python" -m pip install -q "$wheel"
+# --upgrade eager: an upgrade takes the dependencies a fresh install would (security fixes).
+"$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager "$wheel"
 # Same version number, new code (an upgrade from a newer checkout): replace the project itself.
 "$venv/bin/python" -m pip install -q --no-deps --force-reinstall "$wheel"
 # It imports (-I: from the venv, not from the checkout in the current folder). pyscard only
