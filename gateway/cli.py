@@ -16,6 +16,9 @@ from gateway.errors import ConfigError, PortvaktError
 
 log = logging.getLogger("portvakt")
 TEMPLATES = ("example.toml", "demo.toml")
+# `config init` also writes the site's own file, where every command looks by default
+# (DEFAULT_CONFIG, /etc/portvakt/portvakt.toml): a copy of example.toml to edit.
+SITE_CONFIG = ("portvakt.toml", "example.toml")
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,13 +64,13 @@ def cmd_config_init(args: argparse.Namespace) -> int:
     out: Path = args.dir
     out.mkdir(parents=True, exist_ok=True)
     src = template_dir()
-    for name in TEMPLATES:
+    for name, template in (SITE_CONFIG, *((t, t) for t in TEMPLATES)):
         target = out / name
         if target.exists() and not args.force:
             print(f"{target}: exists, kept (use --force to overwrite)")
             continue
-        shutil.copy(src / name, target)
-        print(f"{target}: written")
+        shutil.copy(src / template, target)
+        print(f"{target}: written" + (f" (from {template}: edit it)" if name != template else ""))
     return 0
 
 
@@ -106,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="configuration templates")
     cs = c.add_subparsers(dest="sub", required=True)
-    ci = cs.add_parser("init", help="write the configuration templates into DIR")
-    ci.add_argument("dir", type=Path)
-    ci.add_argument("--force", action="store_true")
+    ci = cs.add_parser("init", help="write portvakt.toml (a copy of example.toml to edit) and the "
+                                    "templates example.toml and demo.toml into DIR; keeps existing files")
+    ci.add_argument("dir", type=Path, help="e.g. /etc/portvakt, where every command looks for portvakt.toml")
+    ci.add_argument("--force", action="store_true",
+                    help="overwrite existing files, portvakt.toml included")
     ci.set_defaults(func=cmd_config_init)
 
     k = sub.add_parser("pki", help="demo PKI")

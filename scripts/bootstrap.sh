@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian/Ubuntu machine: the Debian packages the real-service rig
 # needs (installed when root, named when not), a .venv, and the project installed into it.
+# This is the developer's and the demo's set-up; a site installs with `make install`
+# (scripts/install.sh), which brings only what the gateway needs at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
 
 PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev opensc pcsc-tools mosquitto mosquitto-clients
           mbpoll socat cups cups-ipp-utils cups-client cups-filters dbus tmux librsvg2-bin
-          swig gcc util-linux)
+          swig gcc util-linux python3 python3-venv python3-dev)
+# Debian's own Python: one under /root (pyenv) cannot be read by a service user, and the venv
+# would break when that Python moves. python3-dev: pyscard compiles against its headers.
+SYSTEM_PYTHON=/usr/bin/python3
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
@@ -23,8 +30,6 @@ case " ${ID:-} ${ID_LIKE:-} " in
        say "on another system install the equivalents of: ${PACKAGES[*]}, then: python3 -m venv .venv && .venv/bin/pip install -e '.[dev]'"
        exit 1 ;;
 esac
-
-if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then PACKAGES+=(python3-venv python3-dev); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -43,11 +48,25 @@ if ((${#missing[@]})); then
     fi
 fi
 
+if [[ -x $SYSTEM_PYTHON ]]; then
+    python=$SYSTEM_PYTHON
+else
+    python=$(command -v python3) || { say "no Python: $SYSTEM_PYTHON and python3 are both missing"; exit 1; }
+    say "$SYSTEM_PYTHON is missing (Debian package python3): making .venv with $python instead;"
+    say "a service user may not be able to run it (e.g. a Python under /root)"
+fi
+
 stamp=.venv/.portvakt-installed
 want=$(sha256sum pyproject.toml | cut -c1-16)
+if [[ -e .venv ]] && ! why=$(venv_mismatch .venv "$python"); then
+    # A copied .venv would run the original checkout's code (its scripts and its editable
+    # install name the original's path): made elsewhere means made again.
+    say ".venv was not made here with $python ($why): removing it and making it again"
+    rm -rf .venv
+fi
 if [[ ! -x .venv/bin/python ]]; then
-    say "creating .venv"
-    python3 -m venv .venv
+    say "creating .venv with $python"
+    "$python" -m venv .venv
 fi
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     say "installing Portvakt and its development tools into .venv"

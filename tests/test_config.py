@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config import DEFAULT_CONFIG, load_config
 from gateway.errors import ConfigError
 from tests.conftest import repo_root
 
@@ -116,6 +116,26 @@ def test_config_init_writes_the_templates_and_keeps_existing_files(tmp_path: Pat
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "init", str(tmp_path)],
                        capture_output=True, text=True, timeout=30, check=True)
     assert "exists, kept" in r.stdout and (tmp_path / "demo.toml").read_text() == "# mine"
+
+
+def test_config_init_writes_portvakt_toml_where_every_command_looks_and_keeps_a_sites_own(tmp_path: Path):
+    def init(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "config", "init", str(tmp_path),
+                               *extra], capture_output=True, text=True, timeout=30, check=True)
+
+    site = tmp_path / DEFAULT_CONFIG.name
+    assert site.name == "portvakt.toml"
+    r = init()
+    assert f"{site}: written (from example.toml: edit it)" in r.stdout
+    assert site.read_text() == (repo_root() / "config" / "example.toml").read_text()
+    load_config(site)  # a valid configuration as written
+
+    site.write_text("# the site's own\n")
+    r = init()
+    assert f"{site}: exists, kept (use --force to overwrite)" in r.stdout
+    assert site.read_text() == "# the site's own\n"
+    init("--force")
+    assert site.read_text() == (repo_root() / "config" / "example.toml").read_text()
 
 
 def test_crl_distribution_points_in_crl_or_mqtt_crl_but_not_both(tmp_path: Path):

@@ -34,7 +34,7 @@ def unit(tmp_path: Path) -> Path:
     text = (repo_root() / "config" / "systemd" / "portvakt.service").read_text()
     # verify checks that ExecStart exists; the real path is the install location.
     path = tmp_path / "portvakt.service"
-    path.write_text(text.replace("/opt/portvakt/.venv/bin/portvakt", shutil.which("true") or "/bin/true"))
+    path.write_text(text.replace("/opt/portvakt/venv/bin/portvakt", shutil.which("true") or "/bin/true"))
     return path
 
 
