@@ -9,8 +9,10 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 from gateway.errors import ConfigError, PortvaktError
 
@@ -25,6 +27,23 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A subcommand parser whose usage errors are one line on stderr (exit 2), naming the
+    option at fault and pointing at --help, instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        # Refused here, not by the top-level parser: that one would print its usage block.
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def setup_logging(verbose: int, fmt: str = "text") -> None:
@@ -82,9 +101,9 @@ def cmd_pki_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_board_serve(args: argparse.Namespace) -> int:
-    from door_drivers.simulator import main as board_main
+    from door_drivers.simulator import run as run_board
 
-    return board_main(args.rest)
+    return run_board(args, prog="portvakt board serve")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -125,10 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_phone(sub)
 
+    from door_drivers.simulator import add_arguments as board_arguments
+
     b = sub.add_parser("board", help="relay boards")
-    bs = b.add_subparsers(dest="sub", required=True)
-    bserve = bs.add_parser("serve", help="a simulated Modbus relay board (see --help)")
-    bserve.add_argument("rest", nargs=argparse.REMAINDER)
+    bs = b.add_subparsers(dest="sub", required=True, parser_class=OneLineErrors)
+    bserve = bs.add_parser(
+        "serve", help="a simulated Modbus relay board (until Ctrl-C or SIGTERM)",
+        description="A simulated Modbus relay board for a bench without hardware: coils are the "
+                    "relays, discrete inputs the terminals (0-based). It prints one line when it "
+                    "serves, then one per coil write; Ctrl-C or SIGTERM stops it. Exit 0 when "
+                    "stopped, 1 when it cannot serve (port taken), 2 on a bad option.")
+    board_arguments(bserve, show_writes=True)
     bserve.set_defaults(func=cmd_board_serve)
 
     from gateway.doctor import register as register_doctor

@@ -1,0 +1,136 @@
+"""The commands a bench site is built with: `portvakt board serve`, `rig readers`, `card serve`,
+`pki demo`. Each runs as a user runs it (its own process, real pcscd + vpcd, the pymodbus
+board, mbpoll); bad usage is one line on stderr naming the option, exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.rig.proc import RigProcess, free_port, wait_until
+from tests.fixtures_board import mbpoll_fails, mbpoll_read, mbpoll_write_coil
+
+
+def portvakt(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *argv], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+def started(tmp_path: Path, name: str, *argv: str) -> RigProcess:
+    """`portvakt ARGV` in the background, stdout and stderr in tmp_path/NAME.log."""
+    return RigProcess(name, [sys.executable, "-m", "gateway.cli", *argv], tmp_path / f"{name}.log")
+
+
+def output(proc: RigProcess) -> str:
+    return proc.log.read_text(errors="replace")
+
+
+def wait_output(proc: RigProcess, text: str, timeout: float = 15) -> None:
+    wait_until(lambda: text in output(proc), timeout, repr(text), proc)
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """`portvakt ARGV` through `gateway.cli.main` in this process (for refusals: no start-up
+    cost), as a CompletedProcess."""
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's way out
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["portvakt", *argv], code, out, err)
+
+
+def assert_one_line_usage_error(result: subprocess.CompletedProcess[str], *named: str) -> None:
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for text in named:
+        assert text in lines[0], lines[0]
+
+
+# --- portvakt board serve ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--port", "70000"], ["--port", "1..65535", "'70000'"]),
+    (["--port", "0"], ["--port", "1..65535"]),
+    (["--port", "modbus"], ["--port", "'modbus'"]),
+    (["--port", "1502", "--unit", "248"], ["--unit", "1..247"]),
+    (["--port", "1502", "--coils", "0"], ["--coils", "1..2000"]),
+    (["--port", "1502", "--inputs", "2001"], ["--inputs", "1..2000"]),
+    (["--port", "1502", "--serial", "/dev/ttyS0"], ["--serial", "--port"]),
+    (["--port", "1502", "--control", "/tmp/" + "x" * 120], ["--control", "107 bytes"]),
+    ([], ["--port", "--serial", "required"]),
+    (["--", "--port", "1502"], ["required"]),  # after `--` nothing is an option
+    (["--port", "1502", "--colour"], ["--colour"]),
+])
+def test_board_serve_refuses_a_bad_option_in_one_line_naming_it(capsys, argv, named):
+    result = in_process(capsys, "board", "serve", *argv)
+
+    assert_one_line_usage_error(result, *named)
+    assert "portvakt board serve --help" in result.stderr
+
+
+def test_board_serve_help_names_every_option(capsys):
+    result = in_process(capsys, "board", "serve", "--help")
+
+    assert result.returncode == 0
+    for option in ("--host", "--port", "--serial", "--baud", "--unit", "--coils", "--inputs",
+                   "--write-log", "--control", "--no-timers", "--show-writes"):
+        assert option in result.stdout
+
+
+def test_board_serve_takes_its_options_and_serves_until_sigterm(tmp_path):
+    port = free_port()
+    log = tmp_path / "writes.jsonl"
+    board = started(tmp_path, "board", "board", "serve", "--host", "127.0.0.1", "--port",
+                    str(port), "--unit", "7", "--coils", "4", "--inputs", "3", "--write-log",
+                    str(log), "--control", str(tmp_path / "control.sock"))
+    try:
+        wait_output(board, "relay board ready")
+        assert (f"relay board ready: Modbus TCP on 127.0.0.1:{port}, unit 7, 4 coils, 3 inputs, "
+                f"write log {log}") in output(board)
+
+        mbpoll_write_coil(port, 2, True, unit=7)
+        wait_output(board, "coil 2 on")  # the board's terminal shows each write
+
+        assert mbpoll_read(port, "coils", 4, unit=7) == [0, 0, 1, 0]
+        assert mbpoll_read(port, "inputs", 3, unit=7) == [0, 0, 0]
+        assert "Illegal data address" in mbpoll_fails(port, "-t", "0", "-r", "0", "-c", "5",
+                                                      unit=7)
+        assert [(w["coil"], w["value"]) for w in map(json.loads, log.read_text().splitlines())
+                ] == [(2, True)]
+        assert (tmp_path / "control.sock").exists()
+    finally:
+        board.kill(signal.SIGTERM)
+    assert board.popen.returncode == 0, output(board)
+    board.stop()
+    assert not (tmp_path / "control.sock").exists()
+
+
+def test_board_serve_on_a_taken_port_says_so_in_one_line_and_exits_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = portvakt("board", "serve", "--port", str(port))
+
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_board_serve_with_an_unwritable_write_log_exits_2_naming_the_option(tmp_path):
+    result = portvakt("board", "serve", "--port", str(free_port()), "--write-log",
+                      str(tmp_path / "missing" / "writes.jsonl"))
+
+    assert_one_line_usage_error(result, "--write-log", "missing/writes.jsonl")
