@@ -134,3 +134,34 @@ def test_board_serve_with_an_unwritable_write_log_exits_2_naming_the_option(tmp_
                       str(tmp_path / "missing" / "writes.jsonl"))
 
     assert_one_line_usage_error(result, "--write-log", "missing/writes.jsonl")
+
+
+# --- portvakt card serve -----------------------------------------------------------------------
+
+def test_card_serve_help_explains_the_reader_port(capsys):
+    result = in_process(capsys, "card", "serve", "--help")
+
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    assert "--reader-port PORT the vpcd port of the reader slot" in help_text
+    assert "portvakt rig readers" in help_text
+    assert "--card CARDFILE" in help_text
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "vpcd"])
+def test_card_serve_refuses_a_bad_reader_port_in_one_line(capsys, tmp_path, port):
+    result = in_process(capsys, "card", "serve", "--reader-port", port, "--card",
+                        str(tmp_path / "alice.card.json"))
+
+    assert_one_line_usage_error(result, "--reader-port", "1..65535", repr(port))
+
+
+def test_card_serve_says_when_pcscd_has_powered_the_card_on(pcsc_rig, demo_pki):
+    card = pcsc_rig.insert("Door1", demo_pki.cards["alice"])
+
+    wait_output(card, "card alice inserted")
+    pcsc_rig.wait_slot("Door1", True)
+    port = pcsc_rig.readers["Door1"]
+    assert output(card).splitlines() == [
+        f"card alice inserted: in the vpcd reader slot at 127.0.0.1:{port}, powered on by "
+        "pcscd (Ctrl-C removes it)"]
