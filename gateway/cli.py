@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     board_arguments(bserve, show_writes=True)
     bserve.set_defaults(func=cmd_board_serve)
 
+    from gateway.cli_rig import register as register_rig
+
+    register_rig(sub)
+
     from gateway.doctor import register as register_doctor
 
     register_doctor(sub)

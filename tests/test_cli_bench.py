@@ -5,6 +5,8 @@ board, mbpoll); bad usage is one line on stderr naming the option, exit 2, never
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.rig.proc import RigProcess, free_port, wait_until
+from gateway.rig.proc import RigProcess, free_port, port_free, wait_until
 from tests.fixtures_board import mbpoll_fails, mbpoll_read, mbpoll_write_coil
 
 
@@ -165,3 +167,96 @@ def test_card_serve_says_when_pcscd_has_powered_the_card_on(pcsc_rig, demo_pki):
     assert output(card).splitlines() == [
         f"card alice inserted: in the vpcd reader slot at 127.0.0.1:{port}, powered on by "
         "pcscd (Ctrl-C removes it)"]
+
+
+# --- portvakt rig readers ----------------------------------------------------------------------
+
+def free_ports(n: int) -> int:
+    """A port N such that N .. N+n-1 are all free (vpcd takes two per reader)."""
+    for _ in range(100):
+        first = free_port()
+        if first + n <= 65536 and all(port_free(p) for p in range(first, first + n)):
+            return first
+    raise RuntimeError(f"no {n} adjacent free ports")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["front", "lab", "front"], ["'front' named twice"]),
+    (['door "1"'], ["NAME", "reader name", "'door \"1\"'"]),
+    (["front", "--colour"], ["unrecognized arguments: --colour"]),
+    (["--port", "80", "front"], ["--port", "1024..65534", "'80'"]),
+    (["--port", "65533", "front", "lab"], ["--port", "no room for 2 readers"]),
+    (["--dir", "/tmp/" + "d" * 100, "front"], ["--dir", "too long"]),
+    ([], ["NAME"]),
+])
+def test_rig_readers_refuses_bad_usage_in_one_line(capsys, argv, named):
+    result = in_process(capsys, "rig", "readers", *argv)
+
+    assert_one_line_usage_error(result, *named)
+
+
+def test_rig_readers_serves_named_readers_until_ctrl_c_and_leaves_nothing_running(
+        tmp_path, demo_pki):
+    base = free_ports(4)
+    rig = started(tmp_path, "rig", "rig", "readers", "--dir", str(tmp_path / "pcsc"), "--port",
+                  str(base), "front", "lab")
+    card = None
+    try:
+        wait_output(rig, "readers ready")
+        text = output(rig)
+        socket_path = tmp_path / "pcsc" / "run" / "pcscd.comm"
+        assert f'[readers] pcsc_socket = "{socket_path}"' in text
+        assert f"reader front  vpcd slot 0 on port {base}, slot 1 on port {base + 1}" in text
+        assert f"reader lab    vpcd slot 0 on port {base + 2}, slot 1 on port {base + 3}" in text
+        found = re.search(r"pcscd running \(pid (\d+)\)", text)
+        assert found is not None, text
+        pcscd = int(found.group(1))
+
+        listed = subprocess.run([sys.executable, "-m", "gateway.cli", "card", "readers", "--json"],
+                                capture_output=True, text=True, timeout=30,
+                                env={**os.environ, "PCSCLITE_CSOCK_NAME": str(socket_path)})
+        assert sorted(r["pcsc_name"] for r in json.loads(listed.stdout)) == [
+            "front 00 00", "front 00 01", "lab 00 00", "lab 00 01"]
+
+        card = started(tmp_path, "card", "card", "serve", "--reader-port", str(base + 2),
+                       "--card", str(demo_pki.cards["bob"]))
+        wait_output(card, "card bob inserted")
+
+        rig.kill(signal.SIGINT)  # Ctrl-C: the terminal signals rig readers' group, not pcscd's
+        assert rig.popen.wait(15) == 0, output(rig)
+        assert output(rig).endswith("readers stopped: pcscd and its readers are gone\n")
+        assert not alive(pcscd)
+        assert not socket_path.exists() or not _accepts(socket_path)
+        # The card saw its reader go away and ended by itself.
+        wait_until(lambda: card.popen.poll() is not None, 10, "the card to end", None)
+        assert "closed the connection" in output(card)
+    finally:
+        rig.stop()
+        if card is not None:
+            card.stop()
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        return s.connect_ex(str(path)) == 0
+
+
+def test_rig_readers_on_a_taken_port_says_so_in_one_line_and_exits_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = portvakt("rig", "readers", "--dir", str(tmp_path / "pcsc"), "--port", str(port),
+                          "front")
+
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"vpcd port {port} (reader front) is in use" in result.stderr
