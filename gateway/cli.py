@@ -91,12 +91,33 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 
 
 def cmd_pki_demo(args: argparse.Namespace) -> int:
-    from gateway.pki_demo import make_demo_pki
+    from cryptography import x509
 
-    pki = make_demo_pki(args.dir)
+    from gateway.pki_demo import CARD_ROLES, guarded_files, make_demo_pki
+    from gateway.trust.identity import extract_identity
+
+    existing = guarded_files(args.dir)
+    if existing and not args.force:
+        what = "a private key" if existing[0].name.endswith((".key", ".card.json")) else "a CA"
+        print(f"portvakt pki demo: {existing[0]} exists ({what}): refusing to overwrite it "
+              "(--force replaces the whole demo PKI)", file=sys.stderr)
+        return 2
+    if args.dir.exists() and not args.dir.is_dir():
+        print(f"portvakt pki demo: {args.dir} exists and is not a folder", file=sys.stderr)
+        return 2
+    try:
+        pki = make_demo_pki(args.dir)
+    except OSError as e:
+        print(f"portvakt pki demo: cannot write {e.filename or args.dir}: {e.strerror}",
+              file=sys.stderr)
+        return 2
     print(f"root CA         {pki.root}\nissuing CA      {pki.issuing}\nCRL             {pki.crl}")
     for name, path in pki.cards.items():
-        print(f"card {name:<10} {path}")
+        cert = x509.load_pem_x509_certificate(pki.certificates[name].read_bytes())
+        # The key a policy names the holder by, as a profile with `identity = "upn"` reads it.
+        identity = extract_identity(cert, "upn") or "(no upn)"
+        print(f"card {name:<10} {path}  identity {identity}  certificate "
+              f"{pki.certificates[name]}  ({CARD_ROLES.get(name, '')})")
     return 0
 
 
@@ -131,9 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     ci.set_defaults(func=cmd_config_init)
 
     k = sub.add_parser("pki", help="demo PKI")
-    ks = k.add_subparsers(dest="sub", required=True)
-    kd = ks.add_parser("demo", help="write a demo root CA, issuing CA, CRL and cards into DIR")
-    kd.add_argument("dir", type=Path)
+    ks = k.add_subparsers(dest="sub", required=True, parser_class=OneLineErrors)
+    kd = ks.add_parser(
+        "demo", help="write a demo root CA, issuing CA, CRL and cards into DIR",
+        description="Write a demo PKI into DIR: root.pem/root.key, issuing.pem/issuing.key, "
+                    "issuing.crl and root.crl, and for each card (alice, bob revoked, carol a "
+                    "phone, dave expired, mallory a copied certificate) cards/NAME.card.json "
+                    "(for `portvakt card serve` / `phone serve`) and cards/NAME.cert.pem. "
+                    "Prints each card's identity key, as a policy names its holder. Refuses to "
+                    "overwrite an existing CA or private key (exit 2) unless --force.")
+    kd.add_argument("dir", type=Path, metavar="DIR", help="folder to write into (created)")
+    kd.add_argument("--force", action="store_true",
+                    help="replace an existing demo PKI in DIR (its CA and card keys are lost)")
     kd.set_defaults(func=cmd_pki_demo)
 
     from gateway.cli_card import register as register_card

@@ -14,9 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.cli import main
 from gateway.rig.proc import RigProcess, free_port, port_free, wait_until
+from gateway.trust.identity import extract_identity
+from readers.virtual.cardfile import read_card
 from tests.fixtures_board import mbpoll_fails, mbpoll_read, mbpoll_write_coil
 
 
@@ -260,3 +264,65 @@ def test_rig_readers_on_a_taken_port_says_so_in_one_line_and_exits_1(tmp_path):
     assert result.returncode == 1
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert f"vpcd port {port} (reader front) is in use" in result.stderr
+
+
+# --- portvakt pki demo -------------------------------------------------------------------------
+
+def test_pki_demo_prints_each_cards_identity_and_writes_its_certificate_as_pem(capsys, tmp_path):
+    result = in_process(capsys, "pki", "demo", str(tmp_path / "pki"))
+
+    assert result.returncode == 0, result.stderr
+    cards = {line.split()[1]: line for line in result.stdout.splitlines()
+             if line.startswith("card ")}
+    assert sorted(cards) == ["alice", "bob", "carol", "dave", "mallory"]
+    for name, line in cards.items():
+        card_file = tmp_path / "pki" / "cards" / f"{name}.card.json"
+        pem = tmp_path / "pki" / "cards" / f"{name}.cert.pem"
+        cert = x509.load_pem_x509_certificate(pem.read_bytes())
+        # The PEM is the certificate on the card, and the printed key is what the gateway's
+        # trust code extracts from it.
+        assert cert.public_bytes(Encoding.DER) == read_card(card_file).certificate_der()
+        assert f"identity {extract_identity(cert, 'upn')} " in line
+        assert str(card_file) in line and str(pem) in line
+    assert "identity upn:alice@demo.example " in cards["alice"]
+    assert "identity upn:alice@demo.example " in cards["mallory"]  # a copied certificate
+    assert "revoked" in cards["bob"] and "expired" in cards["dave"]
+
+
+@pytest.mark.parametrize(("existing", "what"), [
+    ("root.pem", "a CA"), ("root.key", "a private key"), ("issuing.key", "a private key"),
+    ("cards/carol.card.json", "a private key"),
+])
+def test_pki_demo_refuses_to_overwrite_a_ca_or_a_private_key(capsys, tmp_path, existing, what):
+    folder = tmp_path / "pki"
+    (folder / existing).parent.mkdir(parents=True, exist_ok=True)
+    (folder / existing).write_text("precious\n")
+
+    result = in_process(capsys, "pki", "demo", str(folder))
+
+    assert_one_line_usage_error(result, str(folder / existing), what, "--force")
+    assert (folder / existing).read_text() == "precious\n"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                  ) == [existing]
+
+
+def test_pki_demo_over_a_demo_pki_needs_force_and_then_replaces_it(capsys, tmp_path):
+    folder = tmp_path / "pki"
+    assert in_process(capsys, "pki", "demo", str(folder)).returncode == 0
+    root_key = (folder / "root.key").read_bytes()
+
+    refused = in_process(capsys, "pki", "demo", str(folder))
+    assert_one_line_usage_error(refused, f"{folder / 'root.pem'} exists")
+    assert (folder / "root.key").read_bytes() == root_key
+
+    forced = in_process(capsys, "pki", "demo", "--force", str(folder))
+    assert forced.returncode == 0, forced.stderr
+    assert (folder / "root.key").read_bytes() != root_key
+    assert (folder / "root.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_pki_demo_into_a_file_is_refused_in_one_line(capsys, tmp_path):
+    (tmp_path / "pki").write_text("not a folder\n")
+
+    assert_one_line_usage_error(in_process(capsys, "pki", "demo", str(tmp_path / "pki")),
+                                "is not a folder")
