@@ -1,8 +1,12 @@
 """A Modbus relay board in its own process: coils are relays, discrete inputs are terminals.
 
     python -m door_drivers.simulator --port P [--host 127.0.0.1] [--unit 1] [--coils 16]
-        [--inputs 16] [--write-log FILE] [--control PATH] [--no-timers]
+        [--inputs 16] [--write-log FILE] [--control PATH] [--no-timers] [--show-writes]
     python -m door_drivers.simulator --serial DEVICE [--baud 9600] ...   (Modbus RTU)
+    portvakt board serve ...   (the same options; --show-writes on by default)
+
+Once it serves, the board prints one line on stdout ("relay board ready: ..."); with
+--show-writes one more per coil write ("12:00:01 coil 0 on").
 
 Addresses are 0-based as on a real board: coil 0 is the first relay, input 0 the first terminal.
 Requests for another unit id get exception 0x0B over TCP and no answer over RTU (the other boards
@@ -62,6 +66,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -76,6 +81,7 @@ if TYPE_CHECKING:
 _COIL_CODES = frozenset({1, 5, 15})  # read coils, write single coil, write multiple coils
 _INPUT_CODES = frozenset({2})  # read discrete inputs
 _REGISTER_CODES = frozenset({3, 6, 16})  # read holding, write single, write multiple registers
+_MAX_UNIX_PATH = 107  # bytes in sockaddr_un.sun_path, without the terminating NUL
 
 
 class SimulatedBoard:
@@ -83,8 +89,9 @@ class SimulatedBoard:
     plus the write log. Its timers need a running event loop (the server's)."""
 
     def __init__(self, coils: int, inputs: int, write_log: IO[str] | None, *,
-                 timers: bool = True) -> None:
+                 timers: bool = True, show_writes: bool = False) -> None:
         self.coils = [False] * coils
+        self.show_writes = show_writes
         self.inputs = [False] * inputs
         self.timers = timers
         self.pulse_coils = min(coils, PULSE_COILS)
@@ -108,6 +115,9 @@ class SimulatedBoard:
                 line["by"] = by
             self._write_log.write(json.dumps(line) + "\n")
             self._write_log.flush()
+        if self.show_writes:
+            print(f"{time.strftime('%H:%M:%S')} coil {n} {'on' if value else 'off'}"
+                  f"{f' ({by})' if by else ''}", flush=True)
 
     # --- holding registers -------------------------------------------------------------------
 
@@ -318,6 +328,12 @@ async def _serve(args: argparse.Namespace, board: SimulatedBoard) -> None:
         if args.control:
             control_server = await asyncio.start_unix_server(
                 lambda r, w: _handle_control(board, r, w), path=args.control)
+        where = (f"Modbus RTU on {args.serial} ({args.baud} bit/s 8N1)" if args.serial
+                 else f"Modbus TCP on {args.host}:{args.port}")
+        print(f"relay board ready: {where}, unit {args.unit}, {len(board.coils)} coils, "
+              f"{len(board.inputs)} inputs"
+              + (f", write log {args.write_log}" if args.write_log else "")
+              + (f", control socket {args.control}" if args.control else ""), flush=True)
         await stop.wait()
     finally:
         if control_server is not None:
@@ -327,50 +343,101 @@ async def _serve(args: argparse.Namespace, board: SimulatedBoard) -> None:
         await server.shutdown()  # type: ignore[no-untyped-call]
 
 
+def _bounded(what: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high, else an error naming the expected form."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} {low}..{high}, got {text!r}")
+        return value
+    return parse
+
+
+def _socket_path(text: str) -> str:
+    if len(os.fsencode(text)) > _MAX_UNIX_PATH:
+        raise argparse.ArgumentTypeError(
+            f"expected a Unix socket path of at most {_MAX_UNIX_PATH} bytes, got {text!r}")
+    return text
+
+
+def add_arguments(p: argparse.ArgumentParser, *, show_writes: bool = False) -> None:
+    """The board's options, shared by `python -m door_drivers.simulator` and `portvakt board
+    serve`. Every value is checked here: a bad one is an argparse error naming its option.
+    `show_writes`: the default of --show-writes (print each coil write on stdout)."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=_bounded("a TCP port", 1, 65535),
+                       help="serve Modbus TCP on this port (502 is the standard one, below "
+                            "1024 needs root)")
+    where.add_argument("--serial", metavar="DEVICE", help="serve Modbus RTU on this serial port")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="TCP address to listen on (default %(default)s; 0.0.0.0: every interface)")
+    p.add_argument("--baud", type=_bounded("a speed in bits per second", 50, 4_000_000),
+                   default=9600, help="serial speed, 8N1 (default %(default)s)")
+    p.add_argument("--unit", type=_bounded("a Modbus unit id", 1, 247), default=1,
+                   help="Modbus unit (slave) id the board answers, 1..247 (default %(default)s)")
+    p.add_argument("--coils", type=_bounded("a number of relays", 1, 2000), default=16,
+                   help="number of relays (coils 0..N-1; default %(default)s)")
+    p.add_argument("--inputs", type=_bounded("a number of inputs", 1, 2000), default=16,
+                   help="number of discrete inputs (0..N-1; default %(default)s)")
+    p.add_argument("--write-log", metavar="FILE",
+                   help="append one JSON line per coil write the board applies: "
+                        '{"t": seconds, "coil": n, "value": bool}')
+    p.add_argument("--control", metavar="PATH", type=_socket_path,
+                   help="Unix socket for driving the inputs (newline-delimited JSON, see "
+                        "door_drivers/simulator.py); created once the board serves")
+    p.add_argument("--no-timers", action="store_true",
+                   help="a board without timed pulse and watchdog registers")
+    p.add_argument("--show-writes", action=argparse.BooleanOptionalAction, default=show_writes,
+                   help="print a line on stdout for every coil write" +
+                        (" (default: on)" if show_writes else " (default: off)"))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m door_drivers.simulator",
                                 description="A simulated Modbus relay board.")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--port", type=int, help="serve Modbus TCP on this port")
-    where.add_argument("--serial", metavar="DEVICE", help="serve Modbus RTU on this serial port")
-    p.add_argument("--host", default="127.0.0.1", help="TCP address to listen on")
-    p.add_argument("--baud", type=int, default=9600, help="serial speed (bits per second)")
-    p.add_argument("--unit", type=int, default=1, help="Modbus unit (slave) id, 1..247")
-    p.add_argument("--coils", type=int, default=16, help="number of relays")
-    p.add_argument("--inputs", type=int, default=16, help="number of discrete inputs")
-    p.add_argument("--write-log", metavar="FILE", help="append one JSON line per coil write")
-    p.add_argument("--control", metavar="PATH", help="Unix socket for driving the inputs")
-    p.add_argument("--no-timers", action="store_true",
-                   help="a board without timed pulse and watchdog registers")
+    add_arguments(p)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the board until SIGTERM or SIGINT. Returns 0, or 2 on bad arguments."""
-    args = _parser().parse_args(argv)
-    if not 1 <= args.unit <= 247:
-        print("--unit: expected 1..247", file=sys.stderr)
-        return 2
-    if not (1 <= args.coils <= 2000 and 1 <= args.inputs <= 2000):
-        print("--coils, --inputs: expected 1..2000", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace, prog: str = "relay board simulator") -> int:
+    """Run the board described by `args` (see `add_arguments`) until SIGTERM or SIGINT.
+
+    Prints one line on stdout once Modbus is served (and the control socket, if any, exists).
+    Returns 0 when stopped, 1 when it cannot serve (port taken, serial device missing), 2 when
+    the write log cannot be opened; the error is one line on stderr naming what failed."""
     # pymodbus logs every refused request at ERROR; a board does not talk.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if args.control:
         Path(args.control).unlink(missing_ok=True)  # left behind by a killed board
-    write_log = (open(args.write_log, "a", encoding="utf-8")  # noqa: SIM115 - closed below
-                 if args.write_log else None)
     try:
-        asyncio.run(_serve(args, SimulatedBoard(args.coils, args.inputs, write_log,
-                                                 timers=not args.no_timers)))
+        write_log = (open(args.write_log, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+                     if args.write_log else None)
+    except OSError as exc:
+        print(f"{prog}: --write-log: cannot open {args.write_log}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    board = SimulatedBoard(args.coils, args.inputs, write_log, timers=not args.no_timers,
+                           show_writes=args.show_writes)
+    try:
+        asyncio.run(_serve(args, board))
     except (OSError, RuntimeError) as exc:  # port taken, serial device missing
         where = args.serial or f"{args.host}:{args.port}"
-        print(f"relay board simulator: cannot serve on {where}: {exc}", file=sys.stderr)
+        hint = "" if args.serial else " (is another program listening on that port?)"
+        print(f"{prog}: cannot serve on {where}: {exc}{hint}", file=sys.stderr)
         return 1
     finally:
         if write_log is not None:
             write_log.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the board until SIGTERM or SIGINT. Returns 0, 1 when it cannot serve, or 2 on bad
+    arguments."""
+    return run(_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

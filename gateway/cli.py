@@ -9,8 +9,10 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 from gateway.errors import ConfigError, PortvaktError
 
@@ -28,6 +30,23 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A subcommand parser whose usage errors are one line on stderr (exit 2), naming the
+    option at fault and pointing at --help, instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        # Refused here, not by the top-level parser: that one would print its usage block.
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def setup_logging(verbose: int, fmt: str = "text") -> None:
@@ -75,19 +94,40 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 
 
 def cmd_pki_demo(args: argparse.Namespace) -> int:
-    from gateway.pki_demo import make_demo_pki
+    from cryptography import x509
 
-    pki = make_demo_pki(args.dir)
+    from gateway.pki_demo import CARD_ROLES, guarded_files, make_demo_pki
+    from gateway.trust.identity import extract_identity
+
+    existing = guarded_files(args.dir)
+    if existing and not args.force:
+        what = "a private key" if existing[0].name.endswith((".key", ".card.json")) else "a CA"
+        print(f"portvakt pki demo: {existing[0]} exists ({what}): refusing to overwrite it "
+              "(--force replaces the whole demo PKI)", file=sys.stderr)
+        return 2
+    if args.dir.exists() and not args.dir.is_dir():
+        print(f"portvakt pki demo: {args.dir} exists and is not a folder", file=sys.stderr)
+        return 2
+    try:
+        pki = make_demo_pki(args.dir)
+    except OSError as e:
+        print(f"portvakt pki demo: cannot write {e.filename or args.dir}: {e.strerror}",
+              file=sys.stderr)
+        return 2
     print(f"root CA         {pki.root}\nissuing CA      {pki.issuing}\nCRL             {pki.crl}")
     for name, path in pki.cards.items():
-        print(f"card {name:<10} {path}")
+        cert = x509.load_pem_x509_certificate(pki.certificates[name].read_bytes())
+        # The key a policy names the holder by, as a profile with `identity = "upn"` reads it.
+        identity = extract_identity(cert, "upn") or "(no upn)"
+        print(f"card {name:<10} {path}  identity {identity}  certificate "
+              f"{pki.certificates[name]}  ({CARD_ROLES.get(name, '')})")
     return 0
 
 
 def cmd_board_serve(args: argparse.Namespace) -> int:
-    from door_drivers.simulator import main as board_main
+    from door_drivers.simulator import run as run_board
 
-    return board_main(args.rest)
+    return run_board(args, prog="portvakt board serve")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -117,9 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     ci.set_defaults(func=cmd_config_init)
 
     k = sub.add_parser("pki", help="demo PKI")
-    ks = k.add_subparsers(dest="sub", required=True)
-    kd = ks.add_parser("demo", help="write a demo root CA, issuing CA, CRL and cards into DIR")
-    kd.add_argument("dir", type=Path)
+    ks = k.add_subparsers(dest="sub", required=True, parser_class=OneLineErrors)
+    kd = ks.add_parser(
+        "demo", help="write a demo root CA, issuing CA, CRL and cards into DIR",
+        description="Write a demo PKI into DIR: root.pem/root.key, issuing.pem/issuing.key, "
+                    "issuing.crl and root.crl, and for each card (alice, bob revoked, carol a "
+                    "phone, dave expired, mallory a copied certificate) cards/NAME.card.json "
+                    "(for `portvakt card serve` / `phone serve`) and cards/NAME.cert.pem. "
+                    "Prints each card's identity key, as a policy names its holder. Refuses to "
+                    "overwrite an existing CA or private key (exit 2) unless --force.")
+    kd.add_argument("dir", type=Path, metavar="DIR", help="folder to write into (created)")
+    kd.add_argument("--force", action="store_true",
+                    help="replace an existing demo PKI in DIR (its CA and card keys are lost)")
     kd.set_defaults(func=cmd_pki_demo)
 
     from gateway.cli_card import register as register_card
@@ -130,11 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_phone(sub)
 
+    from door_drivers.simulator import add_arguments as board_arguments
+
     b = sub.add_parser("board", help="relay boards")
-    bs = b.add_subparsers(dest="sub", required=True)
-    bserve = bs.add_parser("serve", help="a simulated Modbus relay board (see --help)")
-    bserve.add_argument("rest", nargs=argparse.REMAINDER)
+    bs = b.add_subparsers(dest="sub", required=True, parser_class=OneLineErrors)
+    bserve = bs.add_parser(
+        "serve", help="a simulated Modbus relay board (until Ctrl-C or SIGTERM)",
+        description="A simulated Modbus relay board for a bench without hardware: coils are the "
+                    "relays, discrete inputs the terminals (0-based). It prints one line when it "
+                    "serves, then one per coil write; Ctrl-C or SIGTERM stops it. Exit 0 when "
+                    "stopped, 1 when it cannot serve (port taken), 2 on a bad option.")
+    board_arguments(bserve, show_writes=True)
     bserve.set_defaults(func=cmd_board_serve)
+
+    from gateway.cli_rig import register as register_rig
+
+    register_rig(sub)
 
     from gateway.doctor import register as register_doctor
 

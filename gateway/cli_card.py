@@ -142,13 +142,33 @@ def cmd_card_serve(args: argparse.Namespace) -> int:
     return run(args.reader_port, args.card, host=args.host)
 
 
+def _tcp_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1..65535, got {text!r}")
+    return port
+
+
 def register(sub: Any) -> None:
+    from gateway.cli import OneLineErrors
+
     cd = sub.add_parser("card", help="cards and readers")
-    cds = cd.add_subparsers(dest="sub", required=True)
-    serve = cds.add_parser("serve", help="a virtual PIV card in a vpcd reader slot")
-    serve.add_argument("--reader-port", type=int, required=True)
-    serve.add_argument("--card", type=Path, required=True)
-    serve.add_argument("--host", default="127.0.0.1")
+    cds = cd.add_subparsers(dest="sub", required=True, parser_class=OneLineErrors)
+    serve = cds.add_parser(
+        "serve", help="a virtual PIV card in a vpcd reader slot",
+        description="Insert a virtual PIV card (a card file from `portvakt pki demo`) into a vpcd "
+                    "reader slot: connecting is inserting. It prints a line once pcscd has "
+                    "powered the card on; Ctrl-C or SIGTERM removes it.")
+    serve.add_argument("--reader-port", type=_tcp_port, required=True, metavar="PORT",
+                       help="the vpcd port of the reader slot (slot 0 of a reader on port N is "
+                            "N, slot 1 is N+1; `portvakt rig readers` prints them)")
+    serve.add_argument("--card", type=Path, required=True, metavar="CARDFILE",
+                       help="a card file (JSON: certificate and key), e.g. cards/alice.card.json")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="the host vpcd listens on (default %(default)s)")
     serve.set_defaults(func=cmd_card_serve)
     readers = cds.add_parser("readers", help="list PC/SC readers with their stable names")
     readers.add_argument("--json", action="store_true")

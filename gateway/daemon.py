@@ -364,6 +364,10 @@ class Gateway:
             door.reader_online = item.online
             self.journal.append("reader.online" if item.online else "reader.offline", door=name,
                                 device=item.device, detail=item.detail)
+            # The technician's sign that the door reads (and, at start, that the control socket
+            # is up: readers open after it).
+            log.info("door %s: reader %s (%s)", name, "online" if item.online else "offline",
+                     item.device or item.detail)
             return
         door.last_presentation = time.time()
         if isinstance(item, CardFailure):

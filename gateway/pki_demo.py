@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -30,12 +30,34 @@ DEMO_DOMAIN = "demo.example"
 MOBILE_AID = bytes.fromhex("F0504F525456414B5401")  # "PORTVAKT" + 01, a proprietary RID
 
 
+# What each demo card is, as `portvakt pki demo` tells it.
+CARD_ROLES = {
+    "alice": "valid",
+    "bob": "revoked on the CRL",
+    "carol": "valid, a phone (mobile credential AID)",
+    "dave": "expired",
+    "mallory": "a copy of alice's certificate with another key: fails the proof",
+}
+
+
 @dataclass(frozen=True)
 class DemoPki:
+    """The files of a demo PKI: CA certificates, the issuing CA's CRL, each card's card file
+    (certificate and private key, for `portvakt card serve`) and certificate (PEM)."""
+
     root: Path
     issuing: Path
     crl: Path
     cards: dict[str, Path]
+    certificates: dict[str, Path] = field(default_factory=dict)
+
+
+def guarded_files(out: Path) -> list[Path]:
+    """The files in `out` holding a demo CA or a private key that `make_demo_pki(out)` would
+    overwrite: the CA certificates and keys and every card file; oldest-named first."""
+    named = [out / n for n in ("root.pem", "root.key", "issuing.pem", "issuing.key")]
+    cards = sorted((out / "cards").glob("*.card.json")) if (out / "cards").is_dir() else []
+    return [p for p in [*named, *cards] if p.exists()]
 
 
 def _name(cn: str) -> x509.Name:
@@ -93,7 +115,8 @@ def make_issuing_ca(name: x509.Name, root: x509.Certificate, root_key: ec.Ellipt
 
 
 def make_demo_pki(out: Path, now: dt.datetime | None = None) -> DemoPki:
-    """Write the demo PKI into `out` (created); returns the paths written."""
+    """Write the demo PKI into `out` (created), replacing any there (`guarded_files` tells
+    what would be lost); returns the paths written."""
     now = now or dt.datetime.now(dt.UTC)
     out.mkdir(parents=True, exist_ok=True)
     cards_dir = out / "cards"
@@ -136,8 +159,13 @@ def make_demo_pki(out: Path, now: dt.datetime | None = None) -> DemoPki:
         cards[user] = path
     # mallory: alice's certificate, but mallory's own key (a copied certificate)
     path = cards_dir / "mallory.card.json"
+    certs["mallory"] = certs["alice"]
     write_card(path, "mallory", certs["alice"], ec.generate_private_key(ec.SECP256R1()))
     cards["mallory"] = path
+    cert_files: dict[str, Path] = {}
+    for user, cert in certs.items():  # beside the card file: for `portvakt verify`, openssl
+        cert_files[user] = cards_dir / f"{user}.cert.pem"
+        cert_files[user].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     crl = (x509.CertificateRevocationListBuilder().issuer_name(ca_name)
            .last_update(now - dt.timedelta(minutes=1)).next_update(now + dt.timedelta(days=7))
@@ -161,4 +189,4 @@ def make_demo_pki(out: Path, now: dt.datetime | None = None) -> DemoPki:
     (out / "root.crl").write_bytes(root_crl.public_bytes(serialization.Encoding.DER))
     write_private_key(out / "root.key", root_key)
     write_private_key(out / "issuing.key", ca_key)
-    return DemoPki(out / "root.pem", out / "issuing.pem", out / "issuing.crl", cards)
+    return DemoPki(out / "root.pem", out / "issuing.pem", out / "issuing.crl", cards, cert_files)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from gateway.rig.proc import RigProcess, free_port_pair, port_open, wait_until
+from gateway.rig.proc import RigProcess, free_port_pair, port_free, port_open, wait_until
 
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 
@@ -38,7 +38,12 @@ class PcscRig:
 
     @classmethod
     def start(cls, workdir: Path, readers: Iterable[str] = ("Door0",),
-              *, apdu_log: bool = False) -> PcscRig:
+              *, apdu_log: bool = False, base_port: int | None = None) -> PcscRig:
+        """Start pcscd with one vpcd reader per name, its files in `workdir`. Each reader takes
+        two ports (its slots 0 and 1): free ones, or with `base_port` N the i-th reader gets
+        N + 2i and N + 2i + 1 (RuntimeError naming the port if one is taken). Returns once the
+        socket exists and every reader's port listens; RuntimeError or TimeoutError with
+        pcscd's log if not."""
         if not VPCD_DRIVER.exists():
             raise RuntimeError(f"{VPCD_DRIVER} missing: install the Debian package vsmartcard-vpcd")
         conf = workdir / "reader.conf.d"
@@ -48,7 +53,11 @@ class PcscRig:
             d.mkdir(parents=True, exist_ok=True)
         ports: dict[str, int] = {}
         for i, name in enumerate(readers):
-            port = free_port_pair()
+            port = free_port_pair() if base_port is None else base_port + 2 * i
+            if base_port is not None:
+                for p in (port, port + 1):
+                    if not port_free(p):
+                        raise RuntimeError(f"vpcd port {p} (reader {name}) is in use")
             # Two readers may share a name (pcscd then tells them apart by index only): the
             # second is kept as "name~1" here; its FRIENDLYNAME stays `name`.
             ports[name if name not in ports else f"{name}~{i}"] = port

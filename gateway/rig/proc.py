@@ -19,6 +19,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Whether a TCP listener could bind `port` on every interface right now (vpcd binds
+    them all). SO_REUSEADDR as servers set it: a closed connection's TIME_WAIT does not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port_pair() -> int:
     """A port N such that N and N+1 are both free (vpcd uses one port per slot)."""
     for _ in range(50):

@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.errors import InputError
@@ -58,8 +59,10 @@ def connect(host: str, port: int, timeout: float) -> socket.socket:
         return sock
 
 
-def serve(applet: PivApplet, sock: socket.socket, stop: threading.Event) -> None:
-    """Answer vpcd until it closes the connection or `stop` is set."""
+def serve(applet: PivApplet, sock: socket.socket, stop: threading.Event,
+          on_power_on: Callable[[], None] | None = None) -> None:
+    """Answer vpcd until it closes the connection or `stop` is set. `on_power_on` is called
+    once, when the reader first powers the card on (pcscd does so when it sees the card)."""
     while not stop.is_set():
         header = _recv_exact(sock, 2)
         if header is None:
@@ -72,6 +75,9 @@ def serve(applet: PivApplet, sock: socket.socket, stop: threading.Event) -> None
                 _send(sock, ATR)
             elif msg[0] in (0, 1, 2):
                 applet.reset()
+                if msg[0] == 1 and on_power_on is not None:
+                    on_power_on()
+                    on_power_on = None
             continue
         try:
             _send(sock, applet.process(msg))
@@ -88,8 +94,13 @@ def serve(applet: PivApplet, sock: socket.socket, stop: threading.Event) -> None
 
 
 def run(port: int, card_path: Path, host: str = "127.0.0.1", connect_timeout: float = 10.0) -> int:
-    """Insert the card into the vpcd slot at host:port until SIGTERM/SIGINT (removal)."""
-    applet = PivApplet(read_card(card_path))
+    """Insert the card into the vpcd slot at host:port until SIGTERM/SIGINT (removal).
+
+    Prints a line on stdout once the reader has powered the card on ("card NAME inserted ..."),
+    and one when the reader closes the connection (pcscd stopped). Raises InputError when no
+    reader listens there within `connect_timeout` seconds."""
+    card = read_card(card_path)
+    applet = PivApplet(card)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -99,8 +110,16 @@ def run(port: int, card_path: Path, host: str = "127.0.0.1", connect_timeout: fl
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sock = connect(host, port, connect_timeout)
+
+    def inserted() -> None:
+        print(f"card {card.name} inserted: in the vpcd reader slot at {host}:{port}, powered on "
+              "by pcscd (Ctrl-C removes it)", flush=True)
+
     try:
-        serve(applet, sock, stop)
+        serve(applet, sock, stop, on_power_on=inserted)
+        if not stop.is_set():
+            print(f"card {card.name}: the reader at {host}:{port} closed the connection "
+                  "(pcscd stopped?)", flush=True)
     finally:
         sock.close()
     return 0
