@@ -73,7 +73,8 @@ def build_store(args: argparse.Namespace,
             ingest_file(store, extra)
         except TrustError as e:
             if warnings is not None:
-                warnings.append(f"CRL set aside: {e}")
+                warnings.append(f"CRL set aside: {e}" if str(extra) in str(e)
+                                else f"CRL set aside: {extra}: {e}")
     return store, cfg, False
 
 

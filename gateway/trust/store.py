@@ -68,9 +68,11 @@ def _usable_certificates(paths: tuple[Path, ...], kind: str,
 
 
 def _warn(warnings: list[str] | None, text: str) -> None:
-    log.error("%s", text)
+    """To the caller's list when it reports them itself (verify), else to the log."""
     if warnings is not None:
         warnings.append(text)
+    else:
+        log.error("%s", text)
 
 
 def load_trust_store(cfg: TrustConfig, crl_dir: Path | None = None, *,
@@ -100,5 +102,6 @@ def load_trust_store(cfg: TrustConfig, crl_dir: Path | None = None, *,
         except (TrustError, InputError) as e:
             if strict_crls:
                 raise
-            _warn(warnings, f"CRL set aside: {e}")
+            text = str(e) if str(path) in str(e) else f"{path}: {e}"
+            _warn(warnings, f"CRL set aside: {text}")
     return store
