@@ -254,8 +254,6 @@ def _untrusted(cert: CertInfo, position: int,
 def _ca_checks(chain: tuple[CertInfo, ...], position: int) -> tuple[str, str, int] | None:
     """The checks of `chain[0]` as an issuer at `position`, given the chain above it."""
     ca = chain[0]
-    if ca.profile:
-        return "profile", f"{ca.name}: {ca.profile[0]}", position
     if ca.policy_mappings:
         return ("policy-mapping", f"{ca.name} maps certificate policies; policy mapping is not "
                                   "supported", position)
@@ -264,6 +262,8 @@ def _ca_checks(chain: tuple[CertInfo, ...], position: int) -> tuple[str, str, in
                 position)
     if ca.key_usage is not None and not ca.key_usage.key_cert_sign:
         return "key-usage", f"{ca.name} lacks keyCertSign", position
+    if ca.profile:
+        return "profile", f"{ca.name}: {ca.profile[0]}", position
     # pathLenConstraint of every CA above: non-self-issued intermediates below it, leaf excluded.
     below = 0
     for j, above in enumerate(chain):

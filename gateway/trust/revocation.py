@@ -262,9 +262,14 @@ def check_crl(data: bytes, signers: Sequence[x509.Certificate], *, now: float,
     nu = crl.next_update_utc
     if nu is not None and nu < crl.last_update_utc:
         raise TrustError(f"{source}: nextUpdate is before thisUpdate")
-    number = None
-    with contextlib.suppress(x509.ExtensionNotFound):
-        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    # RFC 5280 5.2.3: CRL issuers MUST include a CRLNumber and MUST mark it non-critical.
+    numbers = [e for e in exts if e.oid == ExtensionOID.CRL_NUMBER]
+    if not numbers:
+        raise TrustError(f"{source}: no CRLNumber extension (RFC 5280 5.2.3 requires one)")
+    if numbers[0].critical:
+        raise TrustError(f"{source}: CRLNumber marked critical (RFC 5280 5.2.3 forbids it)")
+    value = numbers[0].value
+    number = value.crl_number if isinstance(value, x509.CRLNumber) else None
     return Checked(scan, signer, _scope(crl, source), number)
 
 
