@@ -27,8 +27,8 @@ def check_presentation(store: TrustStore, read: CardRead, at: float) -> Validate
     verdict = store.validate_der(read.certificates, at)
     if isinstance(verdict, Rejection):
         return verdict
-    leaf = store.leaf(read.certificates)
-    if leaf is None or not verify_proof(leaf, read.challenge, read.signature, read.scheme):
+    key = store.leaf_key(read.certificates)
+    if key is None or not verify_proof(None, read.challenge, read.signature, read.scheme, key):
         return Rejection("proof-failed", PROOF_FAILED)
     return verdict
 

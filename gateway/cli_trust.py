@@ -97,10 +97,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for path in args.cert:
         ders = read_chain_der(path)
-        leaf = store.leaf(ders)
+        v = judge(store, ders, at, stance, args.profile, path_only=path_only)
+        leaf = store.leaf(ders)  # from the path cache judge filled
         r: dict[str, Any] = {"file": str(path),
                              "subject": leaf.subject.rfc4514_string() if leaf else None}
-        v = judge(store, ders, at, stance, args.profile, path_only=path_only)
         r.update(valid=v.accepted)
         if not v.accepted:
             r.update(reason=v.reason, detail=v.detail, position=v.position)

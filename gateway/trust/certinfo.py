@@ -51,7 +51,6 @@ class CertInfo:
     cert: x509.Certificate
     der: bytes
     fp: bytes  # SHA-256 of the DER
-    subject_der: bytes
     issuer_der: bytes
     serial: int
     not_before: float
@@ -67,6 +66,8 @@ class CertInfo:
     eku: frozenset[str] = frozenset()
     policies: frozenset[str] = frozenset()
     distribution_points: tuple[str, ...] = ()
+    name_constraints_critical: bool | None = None  # None: no nameConstraints extension
+    aia_critical: bool = False
     profile: tuple[str, ...] = ()  # RFC 5280 profile rules this certificate breaks (see rules.py)
 
     @classmethod
@@ -86,11 +87,11 @@ class CertInfo:
         if der is None:
             der = cert.public_bytes(Encoding.DER)
         try:
-            info = cls(cert, der, hashlib.sha256(der).digest(), cert.subject.public_bytes(),
-                       cert.issuer.public_bytes(), cert.serial_number,
+            info = cls(cert, der, hashlib.sha256(der).digest(), cert.issuer.public_bytes(),
+                       cert.serial_number,
                        cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
         except (ValueError, TypeError, OverflowError) as e:
-            info = cls(cert, der, hashlib.sha256(der).digest(), b"", b"", 0, 0.0, 0.0,
+            info = cls(cert, der, hashlib.sha256(der).digest(), b"", 0, 0.0, 0.0,
                        ("malformed", f"certificate fields do not parse: {e}"))
             return info
         info._read_extensions()
@@ -113,36 +114,27 @@ class CertInfo:
             return
         try:
             for ext in exts:
-                oid, value = ext.oid, ext.value
-                if ext.critical and oid not in KNOWN_CERT_EXTENSIONS:
+                oid = ext.oid
+                read = _READERS.get(oid)
+                if read is not None:
+                    read(self, ext.value, ext.critical)
+                elif ext.critical:
                     self.problem = ("critical-extension", f"{_name(cert)} has an unknown critical "
                                                           f"extension {oid.dotted_string}")
                     return
-                if isinstance(value, x509.BasicConstraints):
-                    self.is_ca, self.path_length = value.ca, value.path_length
-                elif isinstance(value, x509.KeyUsage):
-                    self.key_usage = value
-                elif isinstance(value, x509.SubjectKeyIdentifier):
-                    self.ski = value.digest
-                elif isinstance(value, x509.AuthorityKeyIdentifier):
-                    self.aki = value.key_identifier
-                elif isinstance(value, x509.NameConstraints):
-                    self.has_name_constraints = True
-                elif isinstance(value, x509.ExtendedKeyUsage):
-                    self.eku = frozenset(o.dotted_string for o in value)
-                elif isinstance(value, x509.CertificatePolicies):
-                    self.policies = frozenset(p.policy_identifier.dotted_string for p in value)
-                elif isinstance(value, x509.CRLDistributionPoints):
-                    self.distribution_points = tuple(str(n.value) for dp in value
-                                                     for n in (dp.full_name or []))
-                elif oid == ExtensionOID.POLICY_MAPPINGS:
-                    self.policy_mappings = True
         except (ValueError, TypeError) as e:
             self.problem = ("malformed", f"{_name(cert)}: malformed extension: {e}")
 
     @property
     def name(self) -> str:
         return _name(self.cert)
+
+    @cached_property
+    def subject_der(self) -> bytes:
+        try:
+            return self.cert.subject.public_bytes()
+        except (ValueError, TypeError):
+            return b""
 
     @cached_property
     def subject_key(self) -> DnKey:
@@ -208,3 +200,49 @@ def key_identifiers_disagree(cert: CertInfo, issuer: CertInfo) -> bool:
     """Whether the certificate's authorityKeyIdentifier names another key than the issuer's
     subjectKeyIdentifier (both present): a hint for path building, never a verdict."""
     return cert.aki is not None and issuer.ski is not None and cert.aki != issuer.ski
+
+
+# What validation reads from each extension it knows, by OID: (info, value, critical) -> None.
+def _basic_constraints(info: CertInfo, v: Any, critical: bool) -> None:
+    info.is_ca, info.path_length = v.ca, v.path_length
+
+
+def _set(attribute: str, get: Any) -> Any:
+    def read(info: CertInfo, v: Any, critical: bool) -> None:
+        setattr(info, attribute, get(v))
+    return read
+
+
+def _name_constraints(info: CertInfo, v: Any, critical: bool) -> None:
+    info.has_name_constraints, info.name_constraints_critical = True, critical
+
+
+def _aia(info: CertInfo, v: Any, critical: bool) -> None:
+    info.aia_critical = critical
+
+
+def _nothing(info: CertInfo, v: Any, critical: bool) -> None:
+    pass
+
+
+_READERS: dict[x509.ObjectIdentifier, Any] = {
+    ExtensionOID.BASIC_CONSTRAINTS: _basic_constraints,
+    ExtensionOID.KEY_USAGE: _set("key_usage", lambda v: v),
+    ExtensionOID.SUBJECT_KEY_IDENTIFIER: _set("ski", lambda v: v.digest),
+    ExtensionOID.AUTHORITY_KEY_IDENTIFIER: _set("aki", lambda v: v.key_identifier),
+    ExtensionOID.NAME_CONSTRAINTS: _name_constraints,
+    ExtensionOID.EXTENDED_KEY_USAGE: _set("eku", lambda v: frozenset(o.dotted_string for o in v)),
+    ExtensionOID.CERTIFICATE_POLICIES: _set(
+        "policies", lambda v: frozenset(p.policy_identifier.dotted_string for p in v)),
+    ExtensionOID.CRL_DISTRIBUTION_POINTS: _set(
+        "distribution_points",
+        lambda v: tuple(str(n.value) for dp in v for n in (dp.full_name or []))),
+    ExtensionOID.POLICY_MAPPINGS: _set("policy_mappings", lambda v: True),
+    ExtensionOID.AUTHORITY_INFORMATION_ACCESS: _aia,
+    **dict.fromkeys(KNOWN_CERT_EXTENSIONS - {
+        ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+        ExtensionOID.NAME_CONSTRAINTS, ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.CERTIFICATE_POLICIES, ExtensionOID.CRL_DISTRIBUTION_POINTS,
+        ExtensionOID.POLICY_MAPPINGS, ExtensionOID.AUTHORITY_INFORMATION_ACCESS}, _nothing),
+}

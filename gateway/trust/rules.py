@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509.oid import ExtensionOID
 
 if TYPE_CHECKING:
     from gateway.trust.certinfo import CertInfo
@@ -50,14 +49,13 @@ def profile_violations(info: CertInfo) -> tuple[str, ...]:
             out.append("a CA certificate with an empty subject (RFC 5280 4.1.2.6)")
     if info.aki is None and not _self_signed(info):
         out.append("no authorityKeyIdentifier keyIdentifier (RFC 5280 4.2.1.1)")
-    for ext in cert.extensions:
-        if ext.oid == ExtensionOID.NAME_CONSTRAINTS:
-            if not info.is_ca:
-                out.append("nameConstraints in a certificate that is not a CA (RFC 5280 4.2.1.10)")
-            elif not ext.critical:
-                out.append("nameConstraints not marked critical (RFC 5280 4.2.1.10)")
-        elif ext.oid == ExtensionOID.AUTHORITY_INFORMATION_ACCESS and ext.critical:
-            out.append("authorityInfoAccess marked critical (RFC 5280 4.2.2.1)")
+    if info.name_constraints_critical is not None:
+        if not info.is_ca:
+            out.append("nameConstraints in a certificate that is not a CA (RFC 5280 4.2.1.10)")
+        elif not info.name_constraints_critical:
+            out.append("nameConstraints not marked critical (RFC 5280 4.2.1.10)")
+    if info.aia_critical:
+        out.append("authorityInfoAccess marked critical (RFC 5280 4.2.2.1)")
     return tuple(out)
 
 

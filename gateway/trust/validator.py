@@ -245,7 +245,7 @@ class TrustStore:
         if isinstance(checked, Rejection):
             return checked
         path, status, age = checked
-        chosen = self.match_profile(path.path, profile)
+        chosen = self.match_profile(path.infos, profile)
         if isinstance(chosen, Rejection):
             return chosen
         leaf = path.path[0]
@@ -264,6 +264,16 @@ class TrustStore:
                  profile: str | None = None) -> Validated | Rejection:
         return self.validate_der([c.public_bytes(Encoding.DER) for c in chain], at, profile)
 
+    def leaf_key(self, chain_der: Sequence[bytes]) -> object | None:
+        """The presented certificate's public key, from the path cache when it is there."""
+        hit = self._cache.get(hashlib.sha256(chain_der[0]).digest())
+        info = hit[1] if hit is not None else None
+        if info is None:
+            leaf = self.leaf(chain_der)
+            info = None if leaf is None else CertInfo.of(leaf)
+        key: object | None = None if info is None else info.public_key
+        return key
+
     def leaf(self, chain_der: Sequence[bytes]) -> x509.Certificate | None:
         """The parsed presented certificate, from the path cache when it is there."""
         hit = self._cache.get(hashlib.sha256(chain_der[0]).digest())
@@ -274,19 +284,19 @@ class TrustStore:
         except ValueError:
             return None
 
-    def match_profile(self, path: Sequence[x509.Certificate],
+    def match_profile(self, path: Sequence[x509.Certificate] | Sequence[CertInfo],
                       wanted: str | None) -> CredentialProfile | Rejection:
-        leaf = path[0]
-        ekus = _ekus(leaf)
-        policies = _policies(leaf)
-        issuer = path[1].subject.public_bytes() if len(path) > 1 else b""
+        """The first configured profile (or the one named `wanted`) the path's leaf meets."""
+        infos = [p if isinstance(p, CertInfo) else CertInfo.of(p) for p in path[:2]]
+        ekus = infos[0].eku
+        policies = infos[0].policies
+        issuer = infos[1].subject_der if len(infos) > 1 else b""
         reasons = []
         for p in self.profiles:
             if wanted is not None and p.name != wanted:
                 continue
             if p.issuers and issuer not in p.issuers:
-                reasons.append(f"{p.name}: issuer {path[1].subject.rfc4514_string()} is not "
-                               "allowed")
+                reasons.append(f"{p.name}: issuer {infos[1].name} is not allowed")
                 continue
             if not p.required_eku <= ekus:
                 reasons.append(f"{p.name}: lacks extended key usage "
@@ -302,27 +312,15 @@ class TrustStore:
         return Rejection("no-profile", detail, 0)
 
 
-def _ekus(cert: x509.Certificate) -> frozenset[str]:
+def verify_proof(cert: x509.Certificate | None, challenge: bytes, signature: bytes,
+                 scheme: ProofScheme, key: object | None = None) -> bool:
+    """Whether `signature` over our `challenge` verifies with the certificate's key (`key`:
+    that key when the caller has it loaded already)."""
     try:
-        return frozenset(o.dotted_string for o in
-                         cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except (x509.ExtensionNotFound, ValueError):
-        return frozenset()
-
-
-def _policies(cert: x509.Certificate) -> frozenset[str]:
-    try:
-        return frozenset(p.policy_identifier.dotted_string for p in
-                         cert.extensions.get_extension_for_class(x509.CertificatePolicies).value)
-    except (x509.ExtensionNotFound, ValueError):
-        return frozenset()
-
-
-def verify_proof(cert: x509.Certificate, challenge: bytes, signature: bytes,
-                 scheme: ProofScheme) -> bool:
-    """Whether `signature` over our `challenge` verifies with the certificate's key."""
-    try:
-        key = cert.public_key()
+        if key is None:
+            if cert is None:
+                return False
+            key = cert.public_key()
         if scheme is ProofScheme.ECDSA_PREHASHED and isinstance(key, ec.EllipticCurvePublicKey):
             h: hashes.HashAlgorithm = hashes.SHA384() if len(challenge) == 48 else hashes.SHA256()
             if len(challenge) != h.digest_size:
