@@ -1,11 +1,16 @@
 """Revocation-checked badge decisions: ours beside `openssl verify` and cryptography, one table.
 
-    python -m bench.verify [--sizes 1000,100000,1000000] [--badges N] [--runs K] [--keep DIR]
+    python -m bench.verify [--sizes 1000,100000,1000000] [--badges N] [--cards N] [--runs K]
+                           [--keep DIR]
 
 For each CRL size it writes a demo PKI's issuing-CA CRL (gateway.rig.crlgen), then measures, in
 the same run: our ingest, lookup and full decision (gateway.trust, gateway.access); one
 `openssl verify -crl_check` per badge (it re-reads the CRL each time, as a tool without an index
 must); cryptography's load_der_x509_crl, its signature check and its per-serial lookup.
+Decisions are timed twice: the same card again and again (path cache warm), and `--cards`
+distinct cards of the issuing CA in turn, each seen once (the CA's chain cached, the card not);
+`portvakt verify` over all the distinct cards in one run gives the command line's cost per
+certificate (the run minus a one-certificate run, over the extra certificates).
 Progress goes to stderr, the table to stdout. See bench/README.md for the columns.
 """
 
@@ -218,6 +223,9 @@ class Row:
     ours_ingest: float | None = None
     ours_lookup: Dist | None = None
     ours_decision: Dist | None = None
+    ours_distinct: Dist | None = None  # each a card never seen before
+    cli_per_cert: float | None = None  # portvakt verify, ns per extra certificate
+    cli_cards: int = 0
     ours_first_decision: float | None = None
     ours_rss: tuple[int, int] | None = None
     ours_error: str | None = None
@@ -273,8 +281,68 @@ def measure_cryptography(pki: Pki, data: bytes, queries: list[int], runs: int, r
                                   budget_s=10.0)
 
 
+def distinct_cards(pki: Pki, n: int, folder: Path) -> tuple[list[CardRead], list[Path]]:
+    """`n` new cards of the issuing CA, made like the demo's (EC P-256, PIV card-auth EKU, UPN),
+    one presentation each, signed ahead of the timing; and their certificates as PEM files."""
+    import datetime as dt
+
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from gateway.trust.identity import UPN_OID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    reads, files = [], []
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.issuing.public_key())  # type: ignore[arg-type]
+    for i in range(n):
+        key = ec.generate_private_key(ec.SECP256R1())
+        upn = f"card{i}@demo.example".encode()
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Card {i}")]))
+                .issuer_name(pki.issuing.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(days=1))
+                .not_valid_after(now + dt.timedelta(days=730))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
+                                             False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier(PIV_CARD_AUTH),
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.OtherName(
+                    UPN_OID, bytes([0xA0, len(upn) + 2, 0x0C, len(upn)]) + upn)]), critical=False)
+                .add_extension(aki, critical=False)
+                .sign(pki.issuing_key, hashes.SHA256()))
+        challenge = os.urandom(32)
+        signature = key.sign(challenge, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        reads.append(CardRead("bench", (cert.public_bytes(serialization.Encoding.DER),), challenge,
+                              signature, ProofScheme.ECDSA_PREHASHED, "bench", b"", 0.0))
+        f = folder / f"card{i}.pem"
+        f.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files.append(f)
+    return reads, files
+
+
+def measure_cli(pki: Pki, crl: Path, files: list[Path], runs: int, row: Row) -> None:
+    """`portvakt verify` per certificate: (all cards - one card) / (cards - 1), medians."""
+    cmd = [sys.executable, "-m", "gateway.cli", "verify", "--trust-anchor", str(pki.dir / "root.pem"),
+           "--intermediate", str(pki.dir / "issuing.pem"), "--crl", str(crl),
+           "--crl", str(pki.dir / "root.crl")]
+    one, many = [], []
+    for _ in range(max(2, runs // 2)):
+        ns, code, out = run_child([*cmd, str(files[0])])
+        if code != 0:
+            raise RuntimeError(f"portvakt verify refused a good card: {out.strip()[-500:]}")
+        one.append(ns)
+        ns, code, out = run_child([*cmd, *map(str, files)])
+        if code != 0:
+            raise RuntimeError(f"portvakt verify refused a good card: {out.strip()[-500:]}")
+        many.append(ns)
+    row.cli_cards = len(files)
+    row.cli_per_cert = (statistics.median(many) - statistics.median(one)) / (len(files) - 1)
+
+
 def measure_ours(pki: Pki, data: bytes, queries: list[int], badges: int, runs: int, work: Path,
-                 row: Row) -> None:
+                 row: Row, cards: int = 0) -> None:
     stores = iter(range(runs + 2))  # a fresh store per call: re-ingesting the same CRL is a no-op
     row.ours_ingest = median_ns(
         lambda: ours_ingest(ours_store(work / f"ingest-{row.entries}-{next(stores)}"), data,
@@ -295,9 +363,19 @@ def measure_ours(pki: Pki, data: bytes, queries: list[int], badges: int, runs: i
     if getattr(first, "revocation", None) != "good":
         raise RuntimeError(f"the good card was not accepted with a good revocation status: {first!r}")
     row.ours_decision = time_each(lambda r: ours_decide(trust, r), reads[1:], budget_s=30.0)
+    if cards:
+        distinct, files = distinct_cards(pki, cards, work / f"cards-{row.entries}")
+        verdicts: list[Any] = []
+        row.ours_distinct = time_each(lambda r: verdicts.append(ours_decide(trust, r)), distinct,
+                                      budget_s=120.0)
+        bad = [v for v in verdicts if getattr(v, "revocation", None) != "good"]
+        if bad:
+            raise RuntimeError(f"{len(bad)} new cards were not accepted: {bad[0]!r}")
+        say("  portvakt verify over the new cards ...")
+        measure_cli(pki, pki.dir / f"issuing-{row.entries}.crl", files, runs, row)
 
 
-def measure(pki: Pki, entries: int, badges: int, runs: int, work: Path) -> Row:
+def measure(pki: Pki, entries: int, badges: int, runs: int, work: Path, cards: int = 0) -> Row:
     row = Row(entries)
     crl = pki.dir / f"issuing-{entries}.crl"
     t0 = time.perf_counter_ns()
@@ -317,7 +395,7 @@ def measure(pki: Pki, entries: int, badges: int, runs: int, work: Path) -> Row:
     if OURS_MISSING is None:
         say("  ours ...")
         try:
-            measure_ours(pki, data, queries, badges, runs, work, row)
+            measure_ours(pki, data, queries, badges, runs, work, row, cards)
             row.ours_rss = probe("ours", crl, pki.dir / "issuing.pem")
         except Exception as e:  # the API is in flux: report, keep the baseline columns
             row.ours_error = f"{type(e).__name__}: {e}"
@@ -358,21 +436,24 @@ def fmt_mib(kib: int | None) -> str:
 
 def table(rows: Sequence[Row]) -> str:
     groups = [("", ["entries", "CRL MiB"]),
-              ("ours", ["ingest", "lookup p50/p99", "decision p50/p99", "RSS/peak MiB"]),
+              ("ours", ["ingest", "lookup p50/p99", "same card p50/p99", "new card p50/p99",
+                        "CLI per cert", "RSS/peak MiB"]),
               ("openssl verify -crl_check", ["per badge", "peak MiB"]),
               ("cryptography", ["load", "sig check", "lookup p50/p99", "RSS/peak MiB"]),
-              ("", ["openssl / ours"])]
+              ("", ["openssl / ours", "openssl / CLI"])]
     body = []
     for r in rows:
         ratio = (f"{r.openssl / r.ours_decision.p50:,.0f}x" if r.ours_decision else "n/a")
+        cli_ratio = (f"{r.openssl / r.cli_per_cert:,.0f}x" if r.cli_per_cert else "n/a")
         body.append([
             f"{r.entries:,}", f"{r.crl_bytes / 2**20:.3g}",
             fmt_ns(r.ours_ingest), fmt_dist(r.ours_lookup), fmt_dist(r.ours_decision),
+            fmt_dist(r.ours_distinct), fmt_ns(r.cli_per_cert),
             "n/a" if r.ours_rss is None else f"{fmt_mib(r.ours_rss[0])} / {fmt_mib(r.ours_rss[1])}",
             fmt_ns(r.openssl), fmt_mib(r.openssl_peak_kib),
             fmt_ns(r.crypto_load), fmt_ns(r.crypto_sig), fmt_dist(r.crypto_lookup),
             "n/a" if r.crypto_rss is None else f"{fmt_mib(r.crypto_rss[0])} / {fmt_mib(r.crypto_rss[1])}",
-            ratio,
+            ratio, cli_ratio,
         ])
     headers = [h for _, cols in groups for h in cols]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
@@ -410,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1000,100000,1000000",
                     help="CRL entry counts, comma-separated (default %(default)s)")
     ap.add_argument("--badges", type=int, default=1000, help="decisions timed per size")
+    ap.add_argument("--cards", type=int, default=2000,
+                    help="distinct new cards badged in turn per size (0: skip)")
     ap.add_argument("--runs", type=int, default=5,
                     help="runs of each whole-CRL step (openssl verify, load, ingest); median")
     ap.add_argument("--keep", type=Path, help="write the PKI and CRLs here and keep them")
@@ -433,13 +516,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         bare = statistics.median(run_child(
             ["openssl", "verify", "-CAfile", str(pki.dir / "root.pem"), "-untrusted",
              str(pki.dir / "issuing.pem"), str(pki.dir / "good.pem")])[0] for _ in range(args.runs))
-        rows = [measure(pki, n, args.badges, args.runs, base) for n in sizes]
+        rows = [measure(pki, n, args.badges, args.runs, base, args.cards) for n in sizes]
 
     print(env)
     print(table(rows))
     print(f"openssl: median of {args.runs} runs per size, good card; without -crl_check (process "
           f"start, chain) it takes {fmt_ns(bare)}. Lookups: half revoked serials, half not. "
-          "Decisions: the same good card, fresh challenges.")
+          "Decisions: the same good card, fresh challenges; new card: each of --cards distinct "
+          "cards once (the issuing CA's chain cached). CLI per cert: portvakt verify over all "
+          "the new cards minus a one-card run, per extra card.")
     for r in rows:
         extra = [f"CRL generated in {fmt_ns(r.gen_ns)}",
                  f"cryptography lookups timed: {r.crypto_lookup.n if r.crypto_lookup else 0}"]

@@ -13,6 +13,7 @@ from gateway.config import Stance
 from gateway.domain import CardRead, Decision
 from gateway.policy import DecisionState, Policy
 from gateway.policy import decide as policy_decide
+from gateway.trust.stance import apply_stance
 from gateway.trust.validator import Rejection, TrustStore, Validated, verify_proof
 
 PROOF_FAILED = ("proof of possession failed: the card's signature over our challenge does not "
@@ -26,8 +27,8 @@ def check_presentation(store: TrustStore, read: CardRead, at: float) -> Validate
     verdict = store.validate_der(read.certificates, at)
     if isinstance(verdict, Rejection):
         return verdict
-    leaf = store.leaf(read.certificates)
-    if leaf is None or not verify_proof(leaf, read.challenge, read.signature, read.scheme):
+    key = store.leaf_key(read.certificates)
+    if key is None or not verify_proof(None, read.challenge, read.signature, read.scheme, key):
         return Rejection("proof-failed", PROOF_FAILED)
     return verdict
 
@@ -48,15 +49,10 @@ def decide(policy: Policy | None, verdict: Validated | Rejection, resource: str,
     # The chain and the proof of possession are valid, so the person is known even when the
     # stance denies: the journal says who was turned away for a stale CRL.
     decision = policy_decide(policy, verdict.identity.key, resource, at, state)
-    alarms: list[str] = []
-    for flag, code, mode in (
-            (verdict.revocation == "unknown", "revocation-unknown", stance.revocation_unknown),
-            (verdict.revocation == "stale", "crl-stale", stance.crl_stale),
-            (verdict.clock_behind, "clock-behind", stance.clock_behind)):
-        if flag:
-            if mode == "deny":
-                return Decision(False, code, decision.person)
-            alarms.append(f"alarm:{code}")
+    denied, raised = apply_stance(verdict.revocation, verdict.clock_behind, stance)
+    if denied is not None:
+        return Decision(False, denied, decision.person)
+    alarms = [f"alarm:{code}" for code in raised]
     return replace(decision, actions=(*decision.actions, *alarms)) if alarms else decision
 
 

@@ -11,9 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import DEFAULT_CONFIG, Config, TrustConfig, add_config_options, load_config
+from gateway.config import (
+    DEFAULT_CONFIG,
+    STANCES,
+    Config,
+    Stance,
+    TrustConfig,
+    add_config_options,
+    load_config,
+)
 from gateway.errors import InputError, TrustError
-from gateway.trust.material import load_certificates
+from gateway.trust.judge import judge
+from gateway.trust.material import read_chain_der
 from gateway.trust.revocation import crl_status, iso_time
 from gateway.trust.store import ingest_file, load_trust_store
 from gateway.trust.validator import Rejection, TrustStore
@@ -45,55 +54,72 @@ def _config(args: argparse.Namespace, required: bool) -> Config | None:
     return load_config(path, args.state_dir)
 
 
-def build_store(args: argparse.Namespace) -> tuple[TrustStore, Config | None, bool]:
-    """(store, configuration if any, whether the store is the explicit command-line one)."""
+def build_store(args: argparse.Namespace,
+                warnings: list[str] | None = None) -> tuple[TrustStore, Config | None, bool]:
+    """(store, configuration if any, whether the store is the explicit command-line one).
+
+    A CRL that fails its checks is set aside: `warnings` gets why, the store goes on without it."""
     explicit = bool(args.trust_anchor)
     cfg = _config(args, required=not explicit)
     if explicit:
         profiles = cfg.trust.profiles if cfg else ()
         tc = TrustConfig(tuple(args.trust_anchor), tuple(args.intermediate), tuple(args.crl),
                          profiles, 300.0, 0.0, "deny", "deny", "deny")
-        return load_trust_store(tc, None, strict_crls=True), cfg, True
+        return load_trust_store(tc, None, warnings=warnings), cfg, True
     assert cfg is not None
-    store = load_trust_store(cfg.trust, cfg.state_dir / "crl")
+    store = load_trust_store(cfg.trust, cfg.state_dir / "crl", warnings=warnings)
     for extra in args.crl:
-        ingest_file(store, extra)
+        try:
+            ingest_file(store, extra)
+        except TrustError as e:
+            if warnings is not None:
+                warnings.append(f"CRL set aside: {e}" if str(extra) in str(e)
+                                else f"CRL set aside: {extra}: {e}")
     return store, cfg, False
 
 
+def verify_stance(args: argparse.Namespace, cfg: Config | None) -> Stance:
+    """The configured stance (deny when there is no configuration), as the options relax it."""
+    base = (Stance(cfg.trust.revocation_unknown, cfg.trust.crl_stale, cfg.trust.clock_behind)
+            if cfg is not None else Stance())
+    return Stance(args.revocation_unknown or base.revocation_unknown,
+                  args.crl_stale or base.crl_stale, args.clock_behind or base.clock_behind)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    store, _, explicit = build_store(args)
+    warnings: list[str] = []
+    store, cfg, explicit = build_store(args, warnings)
+    for w in warnings:
+        print(f"portvakt: warning: {w}", file=sys.stderr)
+    stance = verify_stance(args, cfg)
     at = parse_at(args.at)
+    path_only = explicit and args.profile is None
     results: list[dict[str, Any]] = []
     for path in args.cert:
-        chain = load_certificates(path)
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        ders = [c.public_bytes(Encoding.DER) for c in chain]
-        r: dict[str, Any] = {"file": str(path), "subject": chain[0].subject.rfc4514_string()}
-        if explicit and args.profile is None:
-            checked = store.check_path(ders, at)
-            if isinstance(checked, Rejection):
-                r.update(valid=False, reason=checked.reason, detail=checked.detail,
-                         position=checked.position)
+        ders = read_chain_der(path)
+        v = judge(store, ders, at, stance, args.profile, path_only=path_only)
+        leaf = store.leaf(ders)  # from the path cache judge filled
+        r: dict[str, Any] = {"file": str(path),
+                             "subject": leaf.subject.rfc4514_string() if leaf else None}
+        r.update(valid=v.accepted)
+        if not v.accepted:
+            r.update(reason=v.reason, detail=v.detail, position=v.position)
+        if v.revocation is not None:
+            r.update(revocation=v.revocation, crl_age_s=v.crl_age, clock_behind=v.clock_behind)
+        if v.alarms:
+            r["alarms"] = list(v.alarms)
+        if path_only and v.path:
+            prof = store.match_profile(v.path, None)
+            if isinstance(prof, Rejection):
+                r["profile"] = {"accepted": False, "detail": prof.detail}
             else:
-                path_ok, status, age = checked
-                r.update(valid=True, revocation=status, crl_age_s=age)
-                prof = store.match_profile(path_ok.path, None)
-                if isinstance(prof, Rejection):
-                    r["profile"] = {"accepted": False, "detail": prof.detail}
-                else:
-                    v = store.validate_der(ders, at, prof.name)
-                    r["profile"] = {"accepted": True, "name": prof.name,
-                                    "identity": getattr(getattr(v, "identity", None), "key", None)}
-        else:
-            v = store.validate_der(ders, at, args.profile)
-            if isinstance(v, Rejection):
-                r.update(valid=False, reason=v.reason, detail=v.detail, position=v.position)
-            else:
-                r.update(valid=True, identity=v.identity.key, profile=v.profile,
-                         revocation=v.revocation, crl_age_s=v.crl_age,
-                         clock_behind=v.clock_behind)
+                full = store.validate_der(ders, at, prof.name)
+                r["profile"] = {"accepted": True, "name": prof.name,
+                                "identity": getattr(getattr(full, "identity", None), "key", None)}
+        elif v.accepted:
+            r.update(identity=v.identity, profile=v.profile)
+        if warnings:
+            r["warnings"] = warnings
         results.append(r)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -105,18 +131,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify_line(r: dict[str, Any]) -> str:
     if not r["valid"]:
-        where = "the presented certificate" if r["position"] == 0 else \
-            f"certificate {r['position']} up the path"
-        return f"{r['file']}: INVALID  {r['reason']}: {r['detail']} ({where})"
+        pos = r.get("position")
+        where = ("" if pos is None else " (the presented certificate)" if pos == 0
+                 else f" (certificate {pos} up the path)")
+        return f"{r['file']}: INVALID  {r['reason']}: {r['detail']}{where}"
     rev = r["revocation"] + (f", {r['crl_age_s'] / 3600:.1f} h past nextUpdate"
                              if r.get("crl_age_s") else "")
+    alarms = f"  ALARMS {','.join(r['alarms'])}" if r.get("alarms") else ""
     if isinstance(r.get("profile"), dict):
         p = r["profile"]
         prof = (f"profile {p['name']} would accept it (identity {p['identity']})" if p["accepted"]
                 else f"no configured profile would accept it: {p['detail']}")
-        return f"{r['file']}: path valid  revocation={rev}; {prof}"
+        return f"{r['file']}: path valid  revocation={rev}{alarms}; {prof}"
     return (f"{r['file']}: valid  identity={r['identity']} profile={r['profile']} "
-            f"revocation={rev}" + ("  CLOCK BEHIND trusted time" if r.get("clock_behind") else ""))
+            f"revocation={rev}{alarms}"
+            + ("  CLOCK BEHIND trusted time" if r.get("clock_behind") else ""))
 
 
 def _progress(label: str) -> Any:
@@ -217,6 +246,9 @@ def register(sub: Any) -> None:
     v = sub.add_parser("verify", help="validate certificates offline (why was a card refused?)")
     add_trust_options(v)
     v.add_argument("--at", help="validation time, ISO-8601 (default now)")
+    for key in ("revocation-unknown", "crl-stale", "clock-behind"):
+        v.add_argument(f"--{key}", choices=STANCES, help=f"the stance on {key.replace('-', ' ')} "
+                       "(default: the configured one, else deny)")
     v.add_argument("--json", action="store_true")
     v.add_argument("cert", type=Path, nargs="+")
     v.set_defaults(func=cmd_verify)

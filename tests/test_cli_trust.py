@@ -118,3 +118,56 @@ def test_crl_import_of_junk_is_refused_with_a_reason(demo_pki, tmp_path):
     assert r.returncode == 2
     assert "REFUSED: malformed CRL" in r.stdout and "cannot read" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_verify_applies_the_stance_revocation_unknown_denies_unless_allowed(demo_pki, certs):
+    no_issuing_crl = ["--trust-anchor", demo_pki.root, "--intermediate", demo_pki.issuing,
+                      "--crl", demo_pki.root.parent / "root.crl"]
+    r = portvakt("verify", *no_issuing_crl, certs["alice"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "INVALID  revocation-unknown" in r.stdout
+    r = portvakt("verify", *no_issuing_crl, "--revocation-unknown", "allow", "--json",
+                 certs["alice"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    (res,) = json.loads(r.stdout)
+    assert res["valid"] and res["revocation"] == "unknown"
+    assert res["alarms"] == ["revocation-unknown"]
+
+
+def test_verify_sets_a_bad_crl_aside_with_a_warning_and_judges_on_the_rest(demo_pki, certs,
+                                                                           tmp_path):
+    junk = tmp_path / "junk.crl"
+    junk.write_bytes(b"\x30\x03\x02\x01\x01")
+    r = portvakt("verify", *explicit(demo_pki), "--crl", junk, "--json", certs["alice"],
+                 certs["bob"])
+    assert r.returncode == 1, r.stderr
+    assert f"CRL set aside: {junk}" in r.stderr and "Traceback" not in r.stderr
+    alice, bob = json.loads(r.stdout)
+    assert alice["valid"] and alice["revocation"] == "good"
+    assert bob["reason"] == "revoked"
+    assert any(str(junk) in w for w in alice["warnings"])
+
+
+def test_verify_a_certificate_that_does_not_parse_is_a_refusal_not_bad_input(demo_pki, tmp_path):
+    bad = tmp_path / "bad.der"
+    bad.write_bytes(b"\x30\x06\x02\x01\x01\x02\x01\x02")  # a DER SEQUENCE, not a certificate
+    r = portvakt("verify", *explicit(demo_pki), "--json", bad)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (res,) = json.loads(r.stdout)
+    assert res["reason"] == "malformed" and "Traceback" not in r.stderr
+
+
+def test_verify_refuses_dsa_as_an_unsupported_algorithm():
+    from tests.pkits import cases, data_dir
+
+    (case,) = [c for c in cases() if c.name == "ValidDSASignaturesTest4"]
+    certs = data_dir() / "certs"
+    crls = data_dir() / "crls"
+    r = portvakt("verify", "--at", "2025-06-01T00:00:00", "--trust-anchor",
+                 certs / "TrustAnchorRootCertificate.crt", "--intermediate", certs / "DSACACert.crt",
+                 "--crl", crls / "TrustAnchorRootCRL.crl", "--crl", crls / "DSACACRL.crl",
+                 certs / "ValidDSASignaturesTest4EE.crt")
+    assert case.certificates[0] == (certs / "ValidDSASignaturesTest4EE.crt").read_bytes()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "INVALID  unsupported-algorithm" in r.stdout
+    assert "DSACACRL.crl" in r.stderr  # its DSA-signed CRL was set aside, named

@@ -1,4 +1,4 @@
-"""Name constraints (RFC 5280 4.2.1.10, 6.1) for directoryName and rfc822Name, and policy mappings."""
+"""Name constraints (RFC 5280 4.2.1.10, 6.1) for every name form, and policy mappings."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ import ipaddress
 
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.x509.oid import ExtensionOID, NameOID, ObjectIdentifier
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.trust.identity import UPN_OID
-from gateway.trust.names import check_name_constraints, dn_within, has_policy_mappings, mailbox_within
+from gateway.trust.names import (
+    check_name_constraints,
+    dn_within,
+    dns_within,
+    has_policy_mappings,
+    mailbox_within,
+)
 from tests.certs import Pki, dn, name_constraints, unknown_extension
 
 
@@ -186,6 +192,8 @@ def test_a_path_of_only_the_anchor_has_nothing_to_check(root):
     ("bob@badexample.org", ".example.org", False),
     ("bob@badexample.org", "example.org", False),
     ('"a@b"@example.org', "example.org", True),  # a quoted local part may hold "@"
+    ("a@b@example.org", "example.org", False),  # two "@" outside quotes: malformed
+    ("a@b@example.org", "b@example.org", False),
     ("not-a-mailbox", "not-a-mailbox", False),
     ("@example.org", "example.org", False),
 ])
@@ -233,31 +241,104 @@ def test_name_forms_without_constraints_are_unconstrained(root):
         dn_only.issue_leaf("CN=alice,O=Acme", email=["alice@anywhere.example"]).path) is None
 
 
-# -- unsupported forms ----------------------------------------------------------------------------
+# -- dNSName, iPAddress, URI ----------------------------------------------------------------------
 
-def test_unsupported_constraint_form_with_a_matching_leaf_name_is_refused(root):
+@pytest.mark.parametrize(("name", "constraint", "within"), [
+    ("example.org", "example.org", True),
+    ("door.example.org", "example.org", True),  # labels added on the left
+    ("DOOR.Example.ORG", "example.org", True),
+    ("badexample.org", "example.org", False),  # not a label boundary
+    ("example.org", ".example.org", False),  # a leading dot: only below it
+    ("a.example.org", ".example.org", True),
+    ("anything.example", "", True),  # the empty constraint matches every name
+])
+def test_dns_within(name, constraint, within):
+    assert dns_within(name, constraint) is within
+
+
+def test_dns_constraint_permits_names_below_it_and_refuses_others(root):
     ca = constrained_ca(root, permitted=[x509.DNSName("example.org")])
-    leaf = ca.issue_leaf("door", san=[x509.DNSName("door.example.org")])
-    refusal = check_name_constraints(leaf.path)
+    assert check_name_constraints(
+        ca.issue_leaf("door", san=[x509.DNSName("door.example.org")]).path) is None
+    refusal = check_name_constraints(
+        ca.issue_leaf("door", san=[x509.DNSName("door.example.net")]).path)
     assert refusal is not None
     assert refusal[0] == 0
-    assert "dNSName name constraints" in refusal[1]
-    assert "not supported" in refusal[1]
+    assert "permitted dNSName subtrees ['example.org']" in refusal[1]
 
 
-def test_unsupported_constraint_form_without_such_a_leaf_name_is_ignored(root):
+def test_a_constraint_form_the_leaf_does_not_carry_does_not_refuse_it(root):
     ca = constrained_ca(root, permitted=[x509.DNSName("example.org")],
                         excluded=[x509.IPAddress(ipaddress.ip_network("10.0.0.0/8"))])
     assert check_name_constraints(ca.issue_leaf("alice", upn="alice@example.org").path) is None
 
 
-def test_excluded_unsupported_form_is_refused_too(root):
+def test_ip_excluded_network_refuses_an_address_in_it_only(root):
     ca = constrained_ca(root, excluded=[x509.IPAddress(ipaddress.ip_network("10.0.0.0/8"))])
-    leaf = ca.issue_leaf("door", san=[x509.IPAddress(ipaddress.ip_address("192.0.2.1"))])
-    refusal = check_name_constraints(leaf.path)
+    inside = ca.issue_leaf("door", san=[x509.IPAddress(ipaddress.ip_address("10.1.2.3"))])
+    refusal = check_name_constraints(inside.path)
     assert refusal is not None
-    assert "iPAddress name constraints" in refusal[1]
+    assert "excluded iPAddress subtree 10.0.0.0/8" in refusal[1]
+    outside = ca.issue_leaf("door", san=[x509.IPAddress(ipaddress.ip_address("192.0.2.1"))])
+    assert check_name_constraints(outside.path) is None
+    v6 = ca.issue_leaf("door", san=[x509.IPAddress(ipaddress.ip_address("::ffff:10.1.2.3"))])
+    assert check_name_constraints(v6.path) is None  # another address family
 
+
+def test_ip_permitted_network(root):
+    ca = constrained_ca(root, permitted=[x509.IPAddress(ipaddress.ip_network("2001:db8::/32"))])
+    ok = ca.issue_leaf("door", san=[x509.IPAddress(ipaddress.ip_address("2001:db8::1"))])
+    assert check_name_constraints(ok.path) is None
+    bad = ca.issue_leaf("door", san=[x509.IPAddress(ipaddress.ip_address("2001:db9::1"))])
+    assert check_name_constraints(bad.path) is not None
+
+
+@pytest.mark.parametrize(("uri", "constraint", "within"), [
+    ("https://host.example.org/crl", "host.example.org", True),
+    ("https://other.host.example.org/", "host.example.org", False),  # a host constraint is exact
+    ("ldap://a.example.org:389/cn=x", ".example.org", True),
+    ("https://example.org/", ".example.org", False),
+    ("https://user@HOST.example.org/", "host.example.org", True),
+    ("urn:uuid:1234", "example.org", False),  # no host: within no subtree
+    ("https://192.0.2.1/", "192.0.2.1", False),
+])
+def test_uri_constraints_apply_to_the_host(root, uri, constraint, within):
+    ca = constrained_ca(root, permitted=[x509.UniformResourceIdentifier(constraint)])
+    leaf = ca.issue_leaf("svc", san=[x509.UniformResourceIdentifier(uri)])
+    assert (check_name_constraints(leaf.path) is None) is within
+
+
+def test_a_mailbox_with_two_at_signs_is_malformed_under_an_rfc822_constraint(root):
+    # cryptography refuses to build such a name; a CA's encoder might not.
+    two_at = [x509.RFC822Name._init_without_validation("a@b@example.com")]
+    ca = constrained_ca(root, permitted=[x509.RFC822Name("example.com")])
+    refusal = check_name_constraints(ca.issue_leaf("x", san=two_at).path)
+    assert refusal is not None
+    assert "malformed" in refusal[1]
+    excluded = constrained_ca(root, excluded=[x509.RFC822Name("b")])
+    assert check_name_constraints(excluded.issue_leaf("x", san=two_at).path) is not None
+    free = constrained_ca(root, permitted=[dn("CN=x")])
+    assert check_name_constraints(free.issue_leaf("CN=x", san=two_at).path) is None
+
+
+def test_a_malformed_ip_constraint_is_a_rejection_not_an_exception(root):
+    from gateway.trust.revocation import RevocationStore
+    from gateway.trust.validator import Rejection, TrustStore
+    from tests.certs import NOW
+
+    # nameConstraints { permittedSubtrees [ { iPAddress 5 bytes } ] }: neither 8 nor 32 bytes.
+    bad = x509.UnrecognizedExtension(ExtensionOID.NAME_CONSTRAINTS,
+                                     bytes.fromhex("300ba009300787050a00000000"))
+    ca = root.issue_ca("CN=Issuing", extensions=[(bad, True)])
+    leaf = ca.issue_leaf("door", san=[x509.IPAddress(ipaddress.ip_address("10.0.0.1"))])
+    store = TrustStore.create(anchors=[root.cert], intermediates=[ca.cert],
+                              revocation=RevocationStore(None))
+    v = store.check_path([leaf.der], NOW.timestamp())
+    assert isinstance(v, Rejection)
+    assert v.position == 1
+
+
+# -- unsupported forms ----------------------------------------------------------------------------
 
 def test_other_name_constraints_refuse_only_the_same_type_id(root):
     upn_constraint = x509.OtherName(UPN_OID, b"\x0c\x0bexample.org")
@@ -271,10 +352,11 @@ def test_other_name_constraints_refuse_only_the_same_type_id(root):
 
 
 def test_unsupported_form_in_a_non_critical_extension_is_ignored(root):
+    upn_constraint = x509.OtherName(UPN_OID, b"\x0c\x0bexample.org")
     ca = root.issue_ca("CN=Issuing", name_constraints_critical=False,
-                       name_constraints=name_constraints(permitted=[x509.DNSName("example.org")]))
-    assert check_name_constraints(
-        ca.issue_leaf("door", san=[x509.DNSName("door.elsewhere.example")]).path) is None
+                       name_constraints=name_constraints(permitted=[upn_constraint]))
+    assert check_name_constraints(ca.issue_leaf("alice", upn="alice@elsewhere.example").path) \
+        is None
 
 
 def test_supported_form_in_a_non_critical_extension_is_still_enforced(root):

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from gateway.errors import TrustError
 from gateway.rig import crlgen
@@ -41,8 +42,9 @@ def test_installed_crl_answers_lookups_by_integer_value(pki, tmp_path: Path):
 def test_negative_serials_are_matched_by_value(pki):
     _, ca = pki
     entries = [crlgen.encode_entry(s, NOW) for s in (-1, -300, 7)]
+    number = crlgen.encode_extension(crlgen._OID_CRL_NUMBER, crlgen.encode_integer(1))
     der = crlgen.encode_crl(ca.cert, ca.key, entries, this_update=NOW - dt.timedelta(minutes=1),
-                            next_update=NOW + dt.timedelta(days=1))
+                            next_update=NOW + dt.timedelta(days=1), extensions=[number])
     idx = RevocationStore().ingest(der, signers(pki), now=AT)
     assert idx.contains(-1) and idx.contains(-300) and idx.contains(7)
     assert not idx.contains(1) and not idx.contains(300)
@@ -104,14 +106,14 @@ def test_an_older_crl_never_replaces_a_newer_one(pki):
     assert store.for_issuer(ca.subject.public_bytes()) == [newer] and not newer.contains(2)
 
 
-def test_without_crl_numbers_this_update_orders(pki):
+def test_a_crl_without_a_crl_number_or_with_a_critical_one_is_refused(pki):
     _, ca = pki
     store = RevocationStore()
-    t = NOW - dt.timedelta(hours=2)
-    store.ingest(ca.crl(number=None, this_update=t).der, signers(pki), now=AT)
-    with pytest.raises(TrustError, match="not newer"):
-        store.ingest(ca.crl(number=None, this_update=t - dt.timedelta(hours=1)).der,
-                     signers(pki), now=AT)
+    with pytest.raises(TrustError, match="no CRLNumber"):
+        store.ingest(ca.crl(number=None).der, signers(pki), now=AT)
+    critical = ca.crl(number=None, extensions=[(x509.CRLNumber(3), True)])
+    with pytest.raises(TrustError, match="CRLNumber marked critical"):
+        store.ingest(critical.der, signers(pki), now=AT)
 
 
 def test_reingesting_the_crl_in_use_is_a_no_op(pki):

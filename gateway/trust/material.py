@@ -41,3 +41,30 @@ def load_crl(path: Path) -> x509.CertificateRevocationList:
         return x509.load_der_x509_crl(data)
     except ValueError as e:
         raise InputError(f"{path}: not a CRL in PEM or DER: {e}") from e
+
+
+def read_chain_der(path: Path) -> list[bytes]:
+    """The certificates in a file as DER, presented certificate first, without parsing them:
+    a certificate the library cannot read is judged (and refused with a reason) by the
+    validator, not lost here. Raises InputError when the file is unreadable or holds neither
+    PEM certificate blocks nor one DER SEQUENCE."""
+    import base64
+    import binascii
+    import re
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from e
+    if PEM_CERT in data:
+        blocks = re.findall(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", data,
+                            re.DOTALL)
+        if not blocks:
+            raise InputError(f"{path}: not a certificate in PEM or DER: no complete PEM block")
+        try:
+            return [base64.b64decode(b"".join(b.split()), validate=True) for b in blocks]
+        except (binascii.Error, ValueError) as e:
+            raise InputError(f"{path}: not a certificate in PEM or DER: bad base64: {e}") from e
+    if len(data) < 2 or data[0] != 0x30:
+        raise InputError(f"{path}: not a certificate in PEM or DER")
+    return [data]

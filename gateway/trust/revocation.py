@@ -29,12 +29,15 @@ from typing import Any, cast
 
 import numpy as np
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID
 
 from gateway.errors import TrustError
+from gateway.trust.certinfo import DSA_SIGNATURE_OIDS
 from gateway.trust.crlscan import CrlScan, Progress, scan_crl
+from gateway.trust.dn import DnKey, dn_key, key_from_json, key_to_json, names_match
 
 log = logging.getLogger(__name__)
 MAGIC = b"PVCRLIX1"
@@ -57,12 +60,16 @@ class CrlScope:
     def key(self) -> str:
         return json.dumps([self.only_user, self.only_ca, sorted(self.dp_names)])
 
-    def covers(self, cert: x509.Certificate, is_ca: bool) -> bool:
+    def covers(self, cert: x509.Certificate, is_ca: bool,
+               points: Sequence[str] | None = None) -> bool:
+        """Whether this CRL speaks for `cert`; `points`: its distribution point names when the
+        caller has them already."""
         if (self.only_user and is_ca) or (self.only_ca and not is_ca):
             return False
         if not self.dp_names:
             return True
-        return bool(set(self.dp_names) & set(_distribution_points(cert)))
+        return bool(set(self.dp_names) & set(_distribution_points(cert) if points is None
+                                             else points))
 
 
 def _distribution_points(cert: x509.Certificate) -> list[str]:
@@ -81,6 +88,15 @@ class CrlIndex:
         self.path = path
         self.issuer = base64.b64decode(str(meta["issuer"]))
         self.issuer_text = str(meta["issuer_text"])
+        ik = meta.get("issuer_key")
+        # Indexes written before names were compared prepared: the key from the issuer's text.
+        self.issuer_key: DnKey = (key_from_json(ik) if isinstance(ik, list)
+                                  else dn_key(x509.Name.from_rfc4514_string(self.issuer_text)))
+        # The certificate whose key verified the CRL (None: written before it was recorded,
+        # taken to be the issuing CA's own) and that key's identifier.
+        signer = meta.get("signer")
+        self.signer_der = base64.b64decode(str(signer)) if signer else None
+        self.signer_key_id = str(meta.get("signer_key_id") or "")
         self.this_update = float(meta["this_update"])  # type: ignore[arg-type]
         nu = meta["next_update"]
         self.next_update = float(nu) if nu is not None else None  # type: ignore[arg-type]
@@ -151,6 +167,18 @@ def _verify_signature(cert: x509.Certificate, scan: CrlScan) -> bool:
     return True
 
 
+def key_id(cert: x509.Certificate) -> str:
+    """The SHA-256 of a certificate's SubjectPublicKeyInfo, hex: names a key, whatever
+    certificates carry it."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    try:
+        spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise TrustError(f"the key of {cert.subject.rfc4514_string()} cannot be read: {e}") from e
+    return hashlib.sha256(spki).hexdigest()
+
+
 def _may_sign_crls(cert: x509.Certificate) -> bool:
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -202,7 +230,7 @@ def check_crl(data: bytes, signers: Sequence[x509.Certificate], *, now: float,
     scan = scan_crl(data, progress)
     crl = scan.skeleton
     issuer_text = crl.issuer.rfc4514_string()
-    candidates = [c for c in signers if c.subject == crl.issuer]
+    candidates = [c for c in signers if names_match(c.subject, crl.issuer)]
     if not candidates:
         raise TrustError(f"{source}: no trusted certificate for CRL issuer {issuer_text}")
     allowed = [c for c in candidates if _may_sign_crls(c)]
@@ -212,6 +240,8 @@ def check_crl(data: bytes, signers: Sequence[x509.Certificate], *, now: float,
     signer = next((c for c in allowed if _aki_matches(crl, c) and _verify_signature(c, scan)),
                   None)
     if signer is None:
+        if crl.signature_algorithm_oid.dotted_string in DSA_SIGNATURE_OIDS:
+            raise TrustError(f"{source}: CRL signed with DSA (unsupported-algorithm)")
         raise TrustError(f"{source}: CRL signature does not verify with any key of "
                          f"{issuer_text} allowed to sign CRLs")
     try:
@@ -232,9 +262,14 @@ def check_crl(data: bytes, signers: Sequence[x509.Certificate], *, now: float,
     nu = crl.next_update_utc
     if nu is not None and nu < crl.last_update_utc:
         raise TrustError(f"{source}: nextUpdate is before thisUpdate")
-    number = None
-    with contextlib.suppress(x509.ExtensionNotFound):
-        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    # RFC 5280 5.2.3: CRL issuers MUST include a CRLNumber and MUST mark it non-critical.
+    numbers = [e for e in exts if e.oid == ExtensionOID.CRL_NUMBER]
+    if not numbers:
+        raise TrustError(f"{source}: no CRLNumber extension (RFC 5280 5.2.3 requires one)")
+    if numbers[0].critical:
+        raise TrustError(f"{source}: CRLNumber marked critical (RFC 5280 5.2.3 forbids it)")
+    value = numbers[0].value
+    number = value.crl_number if isinstance(value, x509.CRLNumber) else None
     return Checked(scan, signer, _scope(crl, source), number)
 
 
@@ -252,7 +287,10 @@ class RevocationStore:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
         self._lock = threading.Lock()  # serialises installs; lookups never take it
-        self._indexes: dict[tuple[bytes, str], CrlIndex] = {}
+        # (issuer key, scope, signer key): a CRL belongs to the key that signed it, so a CA's
+        # old and new keys (rollover) or a separate CRL-signing key each keep their own.
+        self._indexes: dict[tuple[str, str, str], CrlIndex] = {}
+        self._by_name: dict[DnKey, list[CrlIndex]] = {}
         self.generation = 0
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -262,7 +300,8 @@ class RevocationStore:
                 except (OSError, ValueError, KeyError, TrustError) as e:
                     log.error("revocation index %s unusable, ignored: %s", f, e)
                     continue
-                self._indexes[(idx.issuer, idx.scope.key)] = idx
+                self._indexes[_store_key(idx)] = idx
+        self._by_name = _by_name(self._indexes)
 
     @property
     def trusted_time(self) -> float:
@@ -273,7 +312,12 @@ class RevocationStore:
         return list(self._indexes.values())
 
     def for_issuer(self, issuer: bytes) -> list[CrlIndex]:
-        return [i for (iss, _), i in self._indexes.items() if iss == issuer]
+        """The CRLs whose issuer name is exactly this DER."""
+        return [i for i in self._indexes.values() if i.issuer == issuer]
+
+    def for_name(self, issuer: DnKey) -> list[CrlIndex]:
+        """The CRLs whose issuer name matches (RFC 5280 7.1) the prepared name `issuer`."""
+        return self._by_name.get(issuer, [])
 
     def ingest(self, data: bytes, signers: Sequence[x509.Certificate], *, now: float,
                clock_skew: float = 300.0, source: str = "CRL",
@@ -287,7 +331,9 @@ class RevocationStore:
                             progress=progress)
         crl = checked.scan.skeleton
         issuer = crl.issuer.public_bytes()
-        key = (issuer, checked.scope.key)
+        issuer_key = dn_key(crl.issuer, issuer)
+        signer_key = key_id(checked.signer)
+        key = (json.dumps(key_to_json(issuer_key)), checked.scope.key, signer_key)
         digest = hashlib.sha256(data).hexdigest()
         this_update = crl.last_update_utc.timestamp()
         current = self._indexes.get(key)
@@ -305,6 +351,9 @@ class RevocationStore:
         meta: dict[str, object] = {
             "issuer": base64.b64encode(issuer).decode(),
             "issuer_text": crl.issuer.rfc4514_string(),
+            "issuer_key": key_to_json(issuer_key),
+            "signer": base64.b64encode(checked.signer.public_bytes(Encoding.DER)).decode(),
+            "signer_key_id": signer_key,
             "this_update": this_update,
             "next_update": nu.timestamp() if nu else None,
             "number": str(checked.number) if checked.number is not None else None,
@@ -322,11 +371,13 @@ class RevocationStore:
             if self.directory is None:
                 idx = CrlIndex(None, meta, blob, 0)
             else:
-                name = hashlib.sha256(issuer + checked.scope.key.encode()).hexdigest()[:24]
+                name = hashlib.sha256(issuer + checked.scope.key.encode()
+                                      + signer_key.encode()).hexdigest()[:24]
                 idx = _write(self.directory / f"{name}.idx", meta, blob)
             indexes = dict(self._indexes)
             old = indexes.get(key)
             indexes[key] = idx
+            self._by_name = _by_name(indexes)
             self._indexes = indexes  # the swap: one assignment
             self.generation += 1
         if old is not None and old.path != idx.path:
@@ -334,6 +385,17 @@ class RevocationStore:
         del checked, blob
         _release_free_memory()
         return idx
+
+
+def _store_key(idx: CrlIndex) -> tuple[str, str, str]:
+    return json.dumps(key_to_json(idx.issuer_key)), idx.scope.key, idx.signer_key_id
+
+
+def _by_name(indexes: dict[tuple[str, str, str], CrlIndex]) -> dict[DnKey, list[CrlIndex]]:
+    out: dict[DnKey, list[CrlIndex]] = {}
+    for idx in indexes.values():
+        out.setdefault(idx.issuer_key, []).append(idx)
+    return out
 
 
 def _release_free_memory() -> None:
