@@ -27,6 +27,7 @@ import pytest
 from pyipp.enums import IppOperation as Op
 
 from gateway.errors import PrinterError
+from gateway.journal import Journal
 from gateway.rig.cups import PrintRig, shipped_policy
 from printer_drivers.config import PrintConfig, parse_print_config
 from printer_drivers.ipp import CupsClient, os_account
@@ -76,6 +77,16 @@ def installed_cupsd(tmp_path_factory: pytest.TempPathFactory) -> None:
         if error or died:
             pytest.fail(f"the installed cupsd cannot serve the print path: {error}"
                         + (f"{died}\n" if died else "") + rig.error_log_tail(), pytrace=False)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    """The gateway's journal in the test's folder (the print engine journals every job)."""
+    j = Journal(tmp_path / "portvakt.db", "gw-test")
+    try:
+        yield j
+    finally:
+        j.close()
 
 
 @pytest.fixture

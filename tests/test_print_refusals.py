@@ -6,7 +6,7 @@ gateway's language is made wrong on purpose to get the refusal the update gave."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +19,6 @@ from printer_drivers.ipp import IppStatusError
 from printer_drivers.release import PrintRelease
 from tests.fixtures_cups import SITE_FINDME, pdf, site_config
 from tui.view import printers_panel, top_bar
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(tmp_path / "portvakt.db", "gw-test")
-    try:
-        yield j
-    finally:
-        j.close()
 
 
 @pytest.fixture

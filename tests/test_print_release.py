@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,6 @@ from printer_drivers.release import PrintRelease
 from tests.fixtures_cups import SITE_FINDME, lpstat_jobs, pdf, site_config
 
 TIMEOUT = 30  # seconds; a safety net only, every wait polls with a deadline
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(tmp_path / "portvakt.db", "gw-test")
-    try:
-        yield j
-    finally:
-        j.close()
 
 
 @pytest.fixture
